@@ -1,0 +1,428 @@
+"""A real local Kubernetes control plane, no Docker: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+and kwok (fake nodes whose pods become Running), on loopback with free ports and generated certificates.
+
+Binaries come from $KUBEBUILDER_ASSETS or PATH when all are there, otherwise from hack/control-plane/build.sh,
+which builds pinned versions from the Go module proxy into ~/.cache/modelyard/. A part that cannot be had is an
+error that names it: nothing here skips.
+
+    cluster = LocalCluster(workdir).start(); ...; cluster.stop()
+    python -m localcluster up --dir DIR      # for `make demo`: prints the kubeconfig path, runs until killed
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = ROOT / "hack" / "control-plane" / "build.sh"
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
+
+ADMIN_USER = "admin"
+OPERATOR_USER = "modelyard-operator"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+
+
+class ControlPlaneMissing(RuntimeError):
+    """A control-plane part could not be found or built."""
+
+
+def find_binaries() -> Path:
+    """The directory holding every control-plane binary, building them when none is found."""
+    for candidate in (os.environ.get("KUBEBUILDER_ASSETS"), os.environ.get("MODELYARD_CONTROL_PLANE_BIN")):
+        if candidate and all((Path(candidate) / b).is_file() for b in CONTROL_PLANE):
+            return Path(candidate)
+    on_path = [shutil.which(b) for b in CONTROL_PLANE]
+    if all(on_path) and len({Path(p).parent for p in on_path if p}) == 1:
+        return Path(on_path[0]).parent  # type: ignore[arg-type]
+    if shutil.which("go") is None:
+        raise ControlPlaneMissing(
+            f"control plane binaries {', '.join(CONTROL_PLANE)} were not found (KUBEBUILDER_ASSETS, PATH) and "
+            "'go' is not installed to build them"
+        )
+    proc = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise ControlPlaneMissing(f"{BUILD_SCRIPT} failed:\n{proc.stderr[-4000:]}")
+    path = Path(proc.stdout.strip().splitlines()[-1])
+    missing = [b for b in CONTROL_PLANE if not (path / b).is_file()]
+    if missing:
+        raise ControlPlaneMissing(f"{BUILD_SCRIPT} did not produce {missing} in {path}")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --- certificates ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pki:
+    dir: Path
+    ca_key: rsa.RSAPrivateKey = field(init=False)
+    ca_cert: x509.Certificate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "modelyard-local-ca")])
+        self.ca_cert = (
+            self._builder(name, self.ca_key.public_key())
+            .issuer_name(name)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+            )
+            .sign(self.ca_key, hashes.SHA256())
+        )
+        self._write("ca", self.ca_key, self.ca_cert)
+
+    @staticmethod
+    def _builder(subject: x509.Name, key: Any) -> x509.CertificateBuilder:
+        now = dt.datetime.now(dt.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .public_key(key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=7))
+        )
+
+    def _write(self, stem: str, key: rsa.RSAPrivateKey, cert: x509.Certificate) -> None:
+        (self.dir / f"{stem}.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+        (self.dir / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(self, stem: str, cn: str, orgs: Iterable[str] = (), server: bool = False) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        subject = x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+            + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+        )
+        usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (
+            self._builder(subject, key.public_key())
+            .issuer_name(self.ca_cert.subject)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if server:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName("localhost"),
+                        x509.DNSName("kubernetes.default.svc"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                    ]
+                ),
+                critical=False,
+            )
+        self._write(stem, key, builder.sign(self.ca_key, hashes.SHA256()))
+
+    def service_account_keys(self) -> None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (self.dir / "sa.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+        (self.dir / "sa.pub").write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [{"level": "Metadata"}],
+}
+
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+# --- the cluster -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalCluster:
+    """One local control plane. `start()` returns when the API server is ready and the fake nodes are Ready."""
+
+    workdir: Path
+    gpu_nodes: int = 2
+    gpus_per_node: int = 2
+    cpu_nodes: int = 1
+    with_controllers: bool = True
+    binaries: Path | None = None
+    port: int = 0
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    # paths
+    @property
+    def pki(self) -> Path:
+        return self.workdir / "pki"
+
+    @property
+    def kubeconfig(self) -> Path:
+        """Admin kubeconfig (system:masters), for tests, kubectl and the controllers."""
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def operator_kubeconfig(self) -> Path:
+        """The operator's own identity (user modelyard-operator, no groups): only what RBAC grants it."""
+        return self.workdir / "operator.kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def bin(self, name: str) -> str:
+        assert self.binaries is not None
+        return str(self.binaries / name)
+
+    # lifecycle
+    def start(self) -> LocalCluster:
+        self.binaries = self.binaries or find_binaries()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "logs").mkdir(exist_ok=True)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        pki = _Pki(self.pki)
+        pki.issue("apiserver", "kube-apiserver", server=True)
+        pki.issue(ADMIN_USER, ADMIN_USER, orgs=["system:masters"])
+        pki.issue(OPERATOR_USER, OPERATOR_USER)
+        pki.service_account_keys()
+        self.port = self.port or free_port()
+        self._write_kubeconfig(self.kubeconfig, ADMIN_USER)
+        self._write_kubeconfig(self.operator_kubeconfig, OPERATOR_USER)
+        (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
+
+        etcd_port, peer_port = free_port(), free_port()
+        self._spawn(
+            "etcd",
+            [
+                self.bin("etcd"),
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        p = self.pki
+        self._spawn(
+            "kube-apiserver",
+            [
+                self.bin("kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                f"--secure-port={self.port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--tls-cert-file={p / 'apiserver.crt'}",
+                f"--tls-private-key-file={p / 'apiserver.key'}",
+                f"--client-ca-file={p / 'ca.crt'}",
+                f"--service-account-key-file={p / 'sa.pub'}",
+                f"--service-account-signing-key-file={p / 'sa.key'}",
+                f"--service-account-issuer={self.server}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                "--disable-admission-plugins=ServiceAccount",
+                f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-mode=blocking",
+                "--v=1",
+            ],
+        )
+        self._wait_ready()
+        if not self.with_controllers:
+            return
+        common = [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--secure-port=0", "--v=1"]
+        self._spawn(
+            "kube-controller-manager",
+            [
+                self.bin("kube-controller-manager"),
+                *common,
+                f"--service-account-private-key-file={p / 'sa.key'}",
+                f"--root-ca-file={p / 'ca.crt'}",
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-persistentvolume-binder",
+                "--concurrent-gc-syncs=5",
+                # Fake nodes on a busy 2-core machine: do not evict pods over a late heartbeat.
+                "--node-monitor-grace-period=2m",
+            ],
+        )
+        self._spawn("kube-scheduler", [self.bin("kube-scheduler"), *common])
+        self._spawn(
+            "kwok",
+            [
+                self.bin("kwok"),
+                f"--kubeconfig={self.kubeconfig}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                "--cidr=10.0.1.1/24",
+                "--node-ip=10.0.1.1",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
+        self.add_nodes()
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = open(self.workdir / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop())
+        self._logs.append(log)
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        ctx.load_cert_chain(str(self.pki / f"{ADMIN_USER}.crt"), str(self.pki / f"{ADMIN_USER}.key"))
+        return ctx
+
+    def _wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise ControlPlaneMissing(f"{name} exited with {proc.returncode}: {self.log_tail(name)}")
+            try:
+                with urllib.request.urlopen(f"{self.server}/readyz", context=self._ssl(), timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError as exc:
+                last = str(exc)
+            time.sleep(0.3)
+        raise ControlPlaneMissing(
+            f"kube-apiserver was not ready in {timeout}s ({last}): {self.log_tail('kube-apiserver')}"
+        )
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        path = self.workdir / "logs" / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else "(no log)"
+
+    def _write_kubeconfig(self, path: Path, user: str) -> None:
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "local", "cluster": {"server": self.server, "certificate-authority": str(self.pki / "ca.crt")}}
+            ],
+            "users": [
+                {
+                    "name": user,
+                    "user": {
+                        "client-certificate": str(self.pki / f"{user}.crt"),
+                        "client-key": str(self.pki / f"{user}.key"),
+                    },
+                }
+            ],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": user, "namespace": "default"}}],
+            "current-context": "local",
+        }
+        path.write_text(yaml.safe_dump(cfg))
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run kubectl as admin against this cluster."""
+        proc = subprocess.run(
+            [self.bin("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input, capture_output=True, text=True, check=False,
+        )
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+        return proc
+
+    def add_nodes(self) -> None:
+        """Register kwok's fake nodes: GPU nodes (labelled, tainted) and CPU-only nodes; wait until Ready."""
+        nodes = [self._node(f"gpu-node-{i}", self.gpus_per_node) for i in range(self.gpu_nodes)]
+        nodes += [self._node(f"cpu-node-{i}", 0) for i in range(self.cpu_nodes)]
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
+        self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")
+
+    @staticmethod
+    def _node(name: str, gpus: int) -> dict[str, Any]:
+        capacity = {"cpu": "16", "memory": "64Gi", "pods": "110"}
+        labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                  "type": "kwok"}
+        spec: dict[str, Any] = {}
+        if gpus:
+            capacity["nvidia.com/gpu"] = str(gpus)
+            labels["modelyard.dev/accelerator"] = "nvidia"
+            labels["nvidia.com/gpu.present"] = "true"
+            spec["taints"] = [GPU_TAINT]
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": labels, "annotations": {KWOK_NODE_ANNOTATION: "fake"}},
+            "spec": spec,
+            "status": {"capacity": capacity, "allocatable": capacity},
+        }
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """Every request the API server has logged so far (ResponseComplete stage)."""
+        if not self.audit_log.exists():
+            return []
+        out = []
+        for line in self.audit_log.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(list(self.procs.values())):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()

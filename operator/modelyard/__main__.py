@@ -1,0 +1,31 @@
+"""`modelyard-operator` / `python -m modelyard`: run the operator with kopf."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import kopf
+
+import modelyard.handlers.model_deployment  # noqa: F401  (registers the handlers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the operator on every namespace, or on the ones given with -n."""
+    parser = argparse.ArgumentParser(prog="modelyard-operator", description=__doc__)
+    parser.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf's liveness endpoint")
+    args = parser.parse_args(argv)
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=True,
+        liveness_endpoint=args.liveness or None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

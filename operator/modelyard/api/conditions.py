@@ -1,0 +1,57 @@
+"""Condition types and reasons: the vocabulary of `status.conditions`, kept in one place."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    """The revision the spec asks for serves all traffic with every replica ready."""
+
+
+class Reason(StrEnum):
+    # Ready=True
+    AVAILABLE = "Available"
+    # Ready=False: rollout in progress
+    PROGRESSING = "Progressing"
+    # Ready=False: read from the child objects
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    ERR_IMAGE_PULL = "ErrImagePull"
+    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    # Ready=False: the operator cannot act on the spec
+    SOURCE_UNSUPPORTED = "SourceUnsupported"
+    INVALID_SPEC = "InvalidSpec"
+    APPLY_REJECTED = "ApplyRejected"
+    NAME_CONFLICT = "NameConflict"
+
+
+WAITING_REASONS: frozenset[str] = frozenset(
+    {
+        Reason.IMAGE_PULL_BACK_OFF,
+        Reason.ERR_IMAGE_PULL,
+        Reason.CRASH_LOOP_BACK_OFF,
+        Reason.CREATE_CONTAINER_CONFIG_ERROR,
+    }
+)
+"""Container waiting reasons that are surfaced as the Ready reason as they are."""
+
+
+class Condition(BaseModel):
+    """The metav1.Condition shape."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    type: str = Field(description="Condition type, such as Ready.", max_length=316)
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.", max_length=1024)
+    message: str = Field(default="", description="What happened, for a person.", max_length=32768)
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="The generation this condition describes.")

@@ -1,0 +1,304 @@
+"""ModelDeployment v1alpha1: the spec a user writes and the status the operator reports.
+
+These models are the single source of truth: `modelyard crd` turns them into the CRD's OpenAPI schema, so a
+`Field(description=...)` here is what `kubectl explain modeldeployment.spec...` prints, and a CEL rule in
+`x-kubernetes-validations` is what `kubectl apply` answers with when a manifest breaks it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+from modelyard.api.conditions import Condition
+
+GROUP = "modelyard.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+PLURAL = "modeldeployments"
+SINGULAR = "modeldeployment"
+SHORT_NAME = "mdep"
+CATEGORY = "modelyard"
+
+DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
+"""Triton 2.51, the same server version the test suite runs (nvidia-pytriton 0.7.0 ships it)."""
+
+
+def _defaults(model: type[BaseModel]) -> dict[str, Any]:
+    """A section's defaults in full, as the CRD default of the section (the API server validates it with CEL)."""
+    return model().model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _cel(rule: str, message: str) -> JsonDict:
+    return {"rule": rule, "message": message}
+
+
+class _Spec(BaseModel):
+    """Spec parts: camelCase on the wire, unknown fields rejected (the API server prunes them; a local file not)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class _Observed(BaseModel):
+    """Status and metadata parts: tolerant of fields that newer operators or the API server add."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+
+# --- spec.model ------------------------------------------------------------------------------------------------
+
+
+class ModelFormat(StrEnum):
+    PYTORCH = "pytorch"
+    TORCHSCRIPT = "torchscript"
+    ONNX = "onnx"
+    TENSORFLOW_SAVEDMODEL = "tensorflow-savedmodel"
+
+
+class DataType(StrEnum):
+    """Tensor element types, named as on Triton's KServe v2 wire protocol."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    BF16 = "BF16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+
+class SecretReference(_Spec):
+    name: str = Field(
+        description="Name of a Secret in the ModelDeployment's namespace.",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+    )
+
+
+class TensorSpec(_Spec):
+    name: str = Field(description="Tensor name as the model declares it.", min_length=1, max_length=128)
+    data_type: DataType = Field(description="Element type, as on Triton's wire protocol (FP32, INT64, BYTES, ...).")
+    shape: list[int] = Field(
+        description="Dimensions without the batch dimension; -1 marks a variable dimension.",
+        max_length=16,
+        json_schema_extra={"items": {"type": "integer", "minimum": -1}},
+    )
+
+
+class ModelSignature(_Spec):
+    inputs: list[TensorSpec] = Field(
+        description="Input tensors, in the order the model takes them.",
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    outputs: list[TensorSpec] = Field(
+        description="Output tensors, in the order the model returns them.",
+        min_length=1,
+        max_length=64,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+class ModelSource(_Spec):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.uri.matches('^(s3|pvc|http|https)://.+')",
+                    "model.uri must start with s3://, pvc://, http:// or https:// and name a location",
+                ),
+                _cel(
+                    "!self.uri.startsWith('pvc://') || self.uri.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$')",
+                    "a pvc:// URI is pvc://<claim-name>/<path> where <claim-name> is a PersistentVolumeClaim name "
+                    "(lower case letters, digits and '-')",
+                ),
+                _cel(
+                    "!self.uri.startsWith('pvc://') || !has(self.credentialsSecretRef)",
+                    "model.credentialsSecretRef applies to s3:// and http(s):// sources; "
+                    "a pvc:// source is read through the volume mount",
+                ),
+            ]
+        }
+    )
+
+    uri: str = Field(
+        description=(
+            "Where the model is: s3://bucket/path, pvc://claim/path or http(s)://host/path. Until the conversion "
+            "stage exists, an s3:// or pvc:// location must hold a Triton model repository."
+        ),
+        min_length=1,
+        max_length=2048,
+    )
+    format: ModelFormat = Field(
+        description="The artifact's format: pytorch, torchscript, onnx or tensorflow-savedmodel."
+    )
+    credentials_secret_ref: SecretReference | None = Field(
+        default=None,
+        description=(
+            "Secret with the credentials to read the source. For s3:// it holds AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL."
+        ),
+    )
+    signature: ModelSignature | None = Field(
+        default=None, description="Input and output tensors. Optional where the format records them (ONNX)."
+    )
+
+
+# --- spec.serving ----------------------------------------------------------------------------------------------
+
+
+class DynamicBatching(_Spec):
+    enabled: bool = Field(default=True, description="Let Triton merge concurrent requests into one batch.")
+    preferred_batch_sizes: list[int] | None = Field(
+        default=None,
+        description="Batch sizes Triton tries to form; each at most serving.maxBatchSize.",
+        max_length=16,
+        json_schema_extra={"items": {"type": "integer", "minimum": 1}},
+    )
+    max_queue_delay_microseconds: int = Field(
+        default=100, ge=0, le=10_000_000, description="How long a request may wait for a batch to fill."
+    )
+
+
+class Toleration(_Spec):
+    key: str | None = Field(default=None, description="Taint key to tolerate; empty with Exists tolerates all.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
+    value: str | None = Field(default=None, description="Taint value, with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate; empty tolerates all effects."
+    )
+    toleration_seconds: int | None = Field(default=None, description="With NoExecute: how long the pod stays bound.")
+
+
+Quantity = int | str
+
+
+class ResourceRequirements(_Spec):
+    requests: dict[str, Quantity] | None = Field(default=None, description="Resource requests, as on a container.")
+    limits: dict[str, Quantity] | None = Field(default=None, description="Resource limits, as on a container.")
+
+
+class Serving(_Spec):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.maxBatchSize > 0 || !self.dynamicBatching.enabled",
+                    "serving.dynamicBatching needs serving.maxBatchSize > 0 "
+                    "(Triton batches only models that take a batch dimension); set dynamicBatching.enabled: false",
+                ),
+                _cel(
+                    "!has(self.dynamicBatching.preferredBatchSizes) || "
+                    "self.dynamicBatching.preferredBatchSizes.all(s, s <= self.maxBatchSize)",
+                    "every serving.dynamicBatching.preferredBatchSizes entry must be at most serving.maxBatchSize",
+                ),
+                _cel(
+                    "!has(self.resources) || ("
+                    "(!has(self.resources.limits) || !(self.gpuResourceName in self.resources.limits)) && "
+                    "(!has(self.resources.requests) || !(self.gpuResourceName in self.resources.requests)))",
+                    "ask for GPUs with serving.gpus, not serving.resources: the operator sets the "
+                    "serving.gpuResourceName limit itself",
+                ),
+            ]
+        }
+    )
+
+    image: str = Field(
+        default=DEFAULT_TRITON_IMAGE, description="Triton Inference Server image.", min_length=1, max_length=512
+    )
+    gpus: int = Field(default=1, ge=0, le=16, description="GPUs per replica; 0 serves on CPU.")
+    gpu_resource_name: str = Field(
+        default="nvidia.com/gpu",
+        description="Extended resource that counts GPUs on the nodes (nvidia.com/gpu, or a MIG profile resource).",
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$",
+        max_length=253,
+    )
+    replicas: int = Field(default=1, ge=1, le=1000, description="Triton pods for the serving revision.")
+    max_batch_size: int = Field(
+        default=8, ge=0, le=4096, description="Largest batch Triton forms; 0 for models without a batch dimension."
+    )
+    dynamic_batching: DynamicBatching = Field(
+        default_factory=DynamicBatching,
+        description="Triton's dynamic batcher.",
+        json_schema_extra={"default": _defaults(DynamicBatching)},
+    )
+    instance_count: int = Field(
+        default=1, ge=1, le=64, description="Model instances per GPU (per pod on CPU), Triton's instance_group count."
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="CPU and memory for the Triton container. GPUs come from serving.gpus."
+    )
+    node_selector: dict[str, str] | None = Field(default=None, description="Node labels the Triton pods require.")
+    tolerations: list[Toleration] | None = Field(
+        default=None, description="Tolerations for the Triton pods, for example of a GPU node taint.", max_length=64
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Pod affinity, as on a Pod (nodeAffinity, podAffinity, podAntiAffinity); passed through as given.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class ModelDeploymentSpec(_Spec):
+    model: ModelSource = Field(description="The model to serve and where to read it.")
+    serving: Serving = Field(
+        default_factory=Serving, description="How Triton serves it.", json_schema_extra={"default": _defaults(Serving)}
+    )
+
+
+# --- status ----------------------------------------------------------------------------------------------------
+
+
+class RevisionStatus(_Observed):
+    name: str = Field(description="Revision: a hash of the spec parts that change what is served.")
+    replicas: int = Field(default=0, description="Pods this revision asks for.")
+    ready_replicas: int = Field(default=0, description="Pods of this revision that pass their readiness probe.")
+    traffic_percent: int = Field(default=0, ge=0, le=100, description="Share of requests this revision receives.")
+
+
+class RevisionsStatus(_Observed):
+    stable: RevisionStatus | None = Field(default=None, description="The revision that serves traffic.")
+    latest: RevisionStatus | None = Field(
+        default=None, description="The revision the current spec asks for; equals stable once it has rolled out."
+    )
+
+
+class ModelDeploymentStatus(_Observed):
+    observed_generation: int | None = Field(default=None, description="The generation this status describes.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready and, as later stages land, the state of each stage.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    revisions: RevisionsStatus | None = Field(default=None, description="Revisions and their traffic.")
+    replicas: int | None = Field(default=None, description="Pods the serving revision should have.")
+    ready_replicas: int | None = Field(default=None, description="Pods of the serving revision that are ready.")
+    url: str | None = Field(default=None, description="In-cluster URL of Triton's HTTP endpoint.")
+
+
+class ObjectMeta(_Observed):
+    name: str
+    namespace: str = "default"
+    uid: str | None = None
+    generation: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelDeployment(_Observed):
+    api_version: Literal["modelyard.dev/v1alpha1"] = "modelyard.dev/v1alpha1"
+    kind: Literal["ModelDeployment"] = "ModelDeployment"
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus = Field(default_factory=ModelDeploymentStatus)

@@ -1,0 +1,70 @@
+"""`modelyard`: the command line. `modelyard crd` prints the CRD; `modelyard render -f md.yaml` prints the
+child objects the operator would create for a manifest (like `helm template`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import uuid
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from modelyard import yamlio
+from modelyard.api.crdgen import model_deployment_crd_yaml
+from modelyard.api.v1alpha1 import KIND, ModelDeployment
+from modelyard.render.names import revision_of
+from modelyard.render.triton import UnservableSource, render_children
+
+
+def _load_manifests(path: str) -> list[dict[str, Any]]:
+    with sys.stdin if path == "-" else open(path, encoding="utf-8") as fh:
+        docs = [d for d in yaml.safe_load_all(fh) if d]
+    return [d for d in docs if d.get("kind") == KIND]
+
+
+def render_manifest(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The children of one ModelDeployment manifest, as the operator would first apply them."""
+    doc = dict(doc)
+    meta = dict(doc.get("metadata") or {})
+    meta.setdefault("namespace", "default")
+    # A manifest on disk has no uid yet; a fixed placeholder keeps the output reproducible.
+    meta.setdefault("uid", str(uuid.UUID(int=0)))
+    doc["metadata"] = meta
+    md = ModelDeployment.model_validate(doc)
+    return render_children(md, revision_of(md.spec))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelyard", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("crd", help="print the ModelDeployment CustomResourceDefinition")
+    render = sub.add_parser("render", help="print the child objects the operator creates for a manifest")
+    render.add_argument("-f", "--filename", required=True, help="manifest file, or - for standard input")
+    args = parser.parse_args(argv)
+
+    if args.command == "crd":
+        sys.stdout.write(model_deployment_crd_yaml())
+        return 0
+    docs = _load_manifests(args.filename)
+    if not docs:
+        print(f"modelyard: no {KIND} in {args.filename}", file=sys.stderr)
+        return 1
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        name = (doc.get("metadata") or {}).get("name", "?")
+        try:
+            out.extend(render_manifest(doc))
+        except ValidationError as exc:
+            print(f"modelyard: {KIND} {name} is invalid:\n{exc}", file=sys.stderr)
+            return 1
+        except UnservableSource as exc:
+            print(f"modelyard: {KIND} {name}: {exc}", file=sys.stderr)
+            return 1
+    sys.stdout.write(yamlio.dump_all(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""kopf entry points for ModelDeployments and the children whose changes should wake their owner.
+
+The operator is level-triggered: every watch event of a ModelDeployment or of one of its children, and a
+periodic resync, runs the same reconcile. kopf's change-tracking handlers (on.create/update) are not used: they
+store a diff base on the object, and timers add a finalizer; this operator writes nothing on a ModelDeployment
+but its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import defaultdict
+from typing import Any
+
+import kopf
+from kubernetes.client import ApiException
+from pydantic import ValidationError
+
+from modelyard.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment
+from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube, load_api_client
+from modelyard.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from modelyard.reconcile.model_deployment import reconcile_model_deployment, report_invalid_spec
+from modelyard.render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
+from modelyard.settings import Settings
+
+log = logging.getLogger("modelyard")
+
+_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+_state: dict[str, Any] = {}
+
+
+def _kube() -> Kube:
+    kube: Kube = _state["kube"]
+    return kube
+
+
+def reconcile_key(namespace: str, name: str) -> None:
+    """Reconcile one ModelDeployment, one reconcile at a time per object.
+
+    The body is read afresh under the lock: the copy a watch event carries may predate the status the previous
+    reconcile wrote, and reconciling from it would repeat that write and its events.
+    """
+    with _locks[(namespace, name)], RECONCILE_SECONDS.time():
+        body = _kube().get(MODEL_DEPLOYMENTS, namespace, name)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return
+        RECONCILES.inc()
+        try:
+            md = ModelDeployment.model_validate(body)
+        except ValidationError as exc:
+            RECONCILE_ERRORS.labels(kind="invalid_spec").inc()
+            report_invalid_spec(_kube(), body, f"the spec does not parse: {exc.errors(include_url=False)}"[:2000])
+            return
+        try:
+            reconcile_model_deployment(_kube(), md)
+        except ApiException as exc:
+            # Conflicts, 5xx, throttling: the next event or resync tries again.
+            RECONCILE_ERRORS.labels(kind=f"api_{exc.status}").inc()
+            log.warning("reconcile of %s/%s failed (%s %s: %s); retrying on the next event or resync",
+                        namespace, name, exc.status, exc.reason, (exc.body or "")[:500])
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    own = Settings.from_env()
+    _state["settings"] = own
+    _state["kube"] = Kube(load_api_client(own.kubeconfig), own.field_manager)
+    settings.posting.enabled = False  # events are recorded by the reconcile, on condition transitions only
+    settings.peering.standalone = True
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 8
+    from modelyard.metrics import start_metrics_server
+
+    start_metrics_server(own.metrics_port)
+    memo["resync"] = asyncio.create_task(_resync_forever(own.resync_seconds))
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync")
+    if task is not None:
+        task.cancel()
+
+
+async def _resync_forever(interval: float) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            items = await loop.run_in_executor(None, _list_all)
+            for meta in (item["metadata"] for item in items):
+                await loop.run_in_executor(None, reconcile_key, meta["namespace"], meta["name"])
+        except Exception:  # the loop must outlive any single failure
+            log.exception("resync failed; trying again in %ss", interval)
+
+
+def _list_all() -> list[dict[str, Any]]:
+    return _kube().list_all_namespaces(MODEL_DEPLOYMENTS)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def model_deployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    if type == "DELETED":
+        _locks.pop((body.metadata.namespace or "", body.metadata.name or ""), None)
+        return  # owner references let the garbage collector remove the children
+    reconcile_key(body.metadata.namespace or "", body.metadata.name or "")
+
+
+_CHILD_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_DEPLOYMENT: kopf.PRESENT}
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=_CHILD_LABELS)
+@kopf.on.event("", "v1", "pods", labels=_CHILD_LABELS)
+def child_event(body: kopf.Body, **_: Any) -> None:
+    """A child changed (pods scheduled, replicas ready): reconcile its owner."""
+    owner = body.metadata.labels.get(LABEL_DEPLOYMENT)
+    if owner and body.metadata.namespace:
+        reconcile_key(body.metadata.namespace, owner)

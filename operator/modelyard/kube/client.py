@@ -1,0 +1,159 @@
+"""A small typed layer over the kubernetes client: one field manager, server-side apply, plain dicts in and out."""
+
+from __future__ import annotations
+
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client, config
+
+from modelyard import __version__
+from modelyard.api.v1alpha1 import GROUP, PLURAL, VERSION
+from modelyard.render.names import FIELD_MANAGER
+
+USER_AGENT = f"modelyard-operator/{__version__}"
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str, name: str | None = None, subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        out = f"{base}/namespaces/{namespace}/{self.plural}"
+        if name:
+            out += f"/{name}"
+        if subresource:
+            out += f"/{subresource}"
+        return out
+
+
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
+SERVICES = Resource("", "v1", "services")
+PODS = Resource("", "v1", "pods")
+EVENTS = Resource("events.k8s.io", "v1", "events")
+MODEL_DEPLOYMENTS = Resource(GROUP, VERSION, PLURAL)
+
+_BY_KIND = {("apps/v1", "Deployment"): DEPLOYMENTS, ("v1", "Service"): SERVICES}
+
+
+def resource_of(obj: Obj) -> Resource:
+    return _BY_KIND[(obj["apiVersion"], obj["kind"])]
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """An ApiClient from a kubeconfig file, the in-cluster service account, or ~/.kube/config, in that order."""
+    cfg = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+    else:
+        try:
+            config.load_incluster_config(client_configuration=cfg)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=cfg)
+    api = client.ApiClient(cfg)
+    api.user_agent = USER_AGENT
+    return api
+
+
+class Kube:
+    """Reads and writes the objects the operator manages. Every write is a server-side apply, a delete or an event."""
+
+    def __init__(self, api: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
+        self.api = api
+        self.field_manager = field_manager
+
+    def _call(self, method: str, path: str, *, body: Any = None, query: list[tuple[str, str]] | None = None,
+              content_type: str = "application/json") -> Obj:
+        result = self.api.call_api(
+            path,
+            method,
+            query_params=query or [],
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=body,
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=True,
+        )
+        return result if isinstance(result, dict) else {}
+
+    def get(self, res: Resource, namespace: str, name: str) -> Obj | None:
+        try:
+            return self._call("GET", res.path(namespace, name))
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_by_labels(self, res: Resource, namespace: str, labels: dict[str, str]) -> list[Obj]:
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        items: list[Obj] = self._call("GET", res.path(namespace), query=[("labelSelector", selector)]).get("items", [])
+        return items
+
+    def list_all_namespaces(self, res: Resource) -> list[Obj]:
+        base = f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"
+        items: list[Obj] = self._call("GET", f"{base}/{res.plural}").get("items", [])
+        return items
+
+    def apply(self, obj: Obj, subresource: str | None = None) -> Obj:
+        """Server-side apply with this operator's field manager, taking ownership of conflicting fields."""
+        res = resource_of(obj) if subresource is None else MODEL_DEPLOYMENTS
+        meta = obj["metadata"]
+        return self._call(
+            "PATCH",
+            res.path(meta["namespace"], meta["name"], subresource),
+            body=obj,
+            query=[("fieldManager", self.field_manager), ("force", "true")],
+            content_type="application/apply-patch+yaml",
+        )
+
+    def apply_status(self, obj: Obj) -> Obj:
+        return self.apply(obj, subresource="status")
+
+    def delete(self, res: Resource, namespace: str, name: str) -> None:
+        try:
+            self._call("DELETE", res.path(namespace, name), body={"propagationPolicy": "Background"})
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def event(self, regarding: Obj, *, type_: str, reason: str, note: str, action: str = "Reconcile") -> None:
+        """Record an events.k8s.io/v1 Event about a ModelDeployment (shown by `kubectl describe`)."""
+        meta = regarding["metadata"]
+        moment = datetime.now(UTC)
+        now = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        self._call(
+            "POST",
+            EVENTS.path(meta["namespace"]),
+            body={
+                "apiVersion": "events.k8s.io/v1",
+                "kind": "Event",
+                # Named as client-go names events: <object>.<hex nanoseconds>.
+                "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": meta["namespace"]},
+                "eventTime": now,
+                "reportingController": f"{GROUP}/operator",
+                "reportingInstance": socket.gethostname()[:128],
+                "action": action,
+                "reason": reason,
+                "note": note[:1024],
+                "type": type_,
+                "regarding": {
+                    "apiVersion": regarding["apiVersion"],
+                    "kind": regarding["kind"],
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta.get("uid", ""),
+                },
+            },
+        )

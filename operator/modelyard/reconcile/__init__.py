@@ -1,0 +1,1 @@
+"""One reconcile function per object kind: observe -> render -> apply -> compute status."""

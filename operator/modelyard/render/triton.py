@@ -1,0 +1,211 @@
+"""The Triton Inference Server Deployment of one revision, and the Service in front of the serving revision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from modelyard.api.v1alpha1 import ModelDeployment
+from modelyard.render.names import (
+    GRPC_PORT,
+    HTTP_PORT,
+    LABEL_METRICS,
+    LABEL_REVISION,
+    METRICS_PORT,
+    child_metadata,
+    common_labels,
+    revision_object_name,
+    selector_labels,
+    service_name,
+)
+
+MODEL_MOUNT = "/models"
+TRITON_UID = 1000
+"""The tritonserver images' `triton-server` user."""
+
+
+class UnservableSource(ValueError):
+    """The model source cannot be served as it is (the message says why and what to do)."""
+
+
+@dataclass(frozen=True)
+class ModelRepository:
+    """Where Triton reads its model repository, and what the pod needs for that."""
+
+    path: str
+    volumes: tuple[dict[str, Any], ...] = ()
+    mounts: tuple[dict[str, Any], ...] = ()
+    env_from: tuple[dict[str, Any], ...] = ()
+
+
+def model_repository(md: ModelDeployment) -> ModelRepository:
+    """Map spec.model.uri to Triton's --model-repository and the pod's volumes.
+
+    pvc:// mounts the claim read-only; s3:// uses Triton's native S3 repository support, with credentials from
+    the referenced Secret as environment variables (never in the pod spec itself).
+    """
+    uri = md.spec.model.uri
+    parts = urlsplit(uri)
+    if parts.scheme == "pvc":
+        claim, sub = parts.netloc, parts.path.strip("/")
+        volume = {"name": "model-repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        mount = {"name": "model-repository", "mountPath": MODEL_MOUNT, "readOnly": True}
+        return ModelRepository(
+            path=f"{MODEL_MOUNT}/{sub}" if sub else MODEL_MOUNT, volumes=(volume,), mounts=(mount,)
+        )
+    if parts.scheme == "s3":
+        secret = md.spec.model.credentials_secret_ref
+        env_from = ({"secretRef": {"name": secret.name}},) if secret else ()
+        return ModelRepository(path=uri, env_from=env_from)
+    raise UnservableSource(
+        f"{parts.scheme}:// sources are fetched by the conversion stage, which this operator version does not "
+        "have yet; publish the model as a Triton model repository on a PVC (pvc://claim/path) or in S3 "
+        "(s3://bucket/path)"
+    )
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _resources(md: ModelDeployment) -> dict[str, Any]:
+    serving = md.spec.serving
+    requests = dict(serving.resources.requests or {}) if serving.resources else {}
+    limits = dict(serving.resources.limits or {}) if serving.resources else {}
+    if serving.gpus:
+        limits[serving.gpu_resource_name] = str(serving.gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = {k: str(v) for k, v in sorted(requests.items())}
+    if limits:
+        out["limits"] = {k: str(v) for k, v in sorted(limits.items())}
+    return out
+
+
+def revision_labels(md: ModelDeployment, revision: str) -> dict[str, str]:
+    return {**common_labels(md), LABEL_REVISION: revision, LABEL_METRICS: "triton"}
+
+
+def render_triton_deployment(md: ModelDeployment, revision: str) -> dict[str, Any]:
+    """The Deployment that runs Triton for one revision of the model."""
+    serving = md.spec.serving
+    repo = model_repository(md)
+    labels = revision_labels(md, revision)
+    pod_selector = {**selector_labels(md), LABEL_REVISION: revision}
+    container: dict[str, Any] = {
+        "name": "triton",
+        "image": serving.image,
+        "command": ["tritonserver"],
+        "args": [
+            f"--model-repository={repo.path}",
+            f"--http-port={HTTP_PORT}",
+            f"--grpc-port={GRPC_PORT}",
+            f"--metrics-port={METRICS_PORT}",
+            "--strict-readiness=true",
+            "--exit-on-error=true",
+        ],
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        # Loading a large model can take minutes: the startup probe holds liveness off for up to 10 minutes.
+        "startupProbe": _probe("/v2/health/ready", 10, 60),
+        "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        "livenessProbe": _probe("/v2/health/live", 10, 3),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+            "runAsUser": TRITON_UID,
+            "runAsGroup": TRITON_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            *repo.mounts,
+            # The python backend and CUDA IPC exchange tensors through /dev/shm; the default 64 MiB is too small.
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    resources = _resources(md)
+    if resources:
+        container["resources"] = resources
+    if repo.env_from:
+        container["envFrom"] = list(repo.env_from)
+
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "fsGroup": TRITON_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "volumes": [
+            *repo.volumes,
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    if serving.node_selector:
+        pod_spec["nodeSelector"] = dict(sorted(serving.node_selector.items()))
+    if serving.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in serving.tolerations]
+    if serving.affinity:
+        pod_spec["affinity"] = serving.affinity
+
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(md, revision_object_name(md, revision), labels),
+        "spec": {
+            "replicas": serving.replicas,
+            "selector": {"matchLabels": pod_selector},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "progressDeadlineSeconds": 900,
+            "template": {
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(METRICS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def render_service(md: ModelDeployment, serving_revision: str) -> dict[str, Any]:
+    """The model's Service; it selects the pods of the revision that serves traffic."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(md, service_name(md), {**common_labels(md), LABEL_METRICS: "triton"}),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {**selector_labels(md), LABEL_REVISION: serving_revision},
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+                # gRPC is HTTP/2 without TLS: the Kubernetes-defined appProtocol for that is kubernetes.io/h2c.
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP",
+                 "appProtocol": "kubernetes.io/h2c"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def render_children(md: ModelDeployment, revision: str) -> list[dict[str, Any]]:
+    """Every child a freshly rolled-out revision has: what `modelyard render` prints."""
+    return [render_triton_deployment(md, revision), render_service(md, revision)]

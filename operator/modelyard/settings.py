@@ -1,0 +1,27 @@
+"""Operator settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from modelyard.render.names import FIELD_MANAGER
+
+
+@dataclass(frozen=True)
+class Settings:
+    field_manager: str = FIELD_MANAGER
+    resync_seconds: float = 60.0
+    """How often every ModelDeployment is reconciled even without an event (a no-op when nothing changed)."""
+    kubeconfig: str | None = None
+    metrics_port: int = 8080
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        return cls(
+            field_manager=env.get("MODELYARD_FIELD_MANAGER", FIELD_MANAGER),
+            resync_seconds=float(env.get("MODELYARD_RESYNC_SECONDS", "60")),
+            kubeconfig=env.get("KUBECONFIG") or None,
+            metrics_port=int(env.get("MODELYARD_METRICS_PORT", "8080")),
+        )

@@ -1,0 +1,1 @@
+"""Conditions and what the child objects say about a revision."""

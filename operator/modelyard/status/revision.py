@@ -1,0 +1,75 @@
+"""Read a revision's state off its Deployment and pods: is it available, and if not, why not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.api.conditions import WAITING_REASONS, Reason
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RevisionState:
+    revision: str
+    replicas: int
+    ready_replicas: int
+    available: bool
+    reason: str
+    message: str
+
+
+def _deployment_condition(deployment: Obj, type_: str) -> Obj | None:
+    conditions: list[Obj] = deployment.get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c.get("type") == type_), None)
+
+
+def _pod_problem(pods: list[Obj]) -> tuple[str, str] | None:
+    """The first reason a pod of the revision is not running: unschedulable, or a container stuck waiting."""
+    for pod in pods:
+        for cond in pod.get("status", {}).get("conditions", []):
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == (
+                Reason.UNSCHEDULABLE
+            ):
+                return Reason.UNSCHEDULABLE, cond.get("message", "the scheduler found no node for the pod")
+    for pod in pods:
+        statuses = pod.get("status", {}).get("containerStatuses", []) + pod.get("status", {}).get(
+            "initContainerStatuses", []
+        )
+        for cs in statuses:
+            waiting = cs.get("state", {}).get("waiting") or {}
+            if waiting.get("reason") in WAITING_REASONS:
+                detail = waiting.get("message") or waiting["reason"]
+                return waiting["reason"], f"container {cs.get('name')}: {detail}"
+    return None
+
+
+def observe_revision(revision: str, deployment: Obj | None, pods: list[Obj], desired_replicas: int) -> RevisionState:
+    """What the Deployment and pods of one revision say about it."""
+    if deployment is None:
+        return RevisionState(revision, desired_replicas, 0, False, Reason.PROGRESSING, "creating the Deployment")
+    spec_replicas = int(deployment.get("spec", {}).get("replicas", desired_replicas))
+    status = deployment.get("status", {})
+    ready = int(status.get("readyReplicas", 0))
+    fresh = int(status.get("observedGeneration", 0)) >= int(deployment["metadata"].get("generation", 1))
+    available = (
+        fresh
+        and int(status.get("updatedReplicas", 0)) >= spec_replicas
+        and int(status.get("availableReplicas", 0)) >= spec_replicas
+        and ready >= spec_replicas
+        and int(status.get("replicas", 0)) == spec_replicas
+    )
+    counts = f"{ready}/{spec_replicas} replicas ready"
+    if available:
+        return RevisionState(revision, spec_replicas, ready, True, Reason.AVAILABLE, counts)
+    problem = _pod_problem(pods)
+    if problem:
+        return RevisionState(revision, spec_replicas, ready, False, problem[0], f"{counts}; {problem[1]}")
+    progressing = _deployment_condition(deployment, "Progressing")
+    if progressing and progressing.get("reason") == Reason.PROGRESS_DEADLINE_EXCEEDED:
+        return RevisionState(
+            revision, spec_replicas, ready, False, Reason.PROGRESS_DEADLINE_EXCEEDED,
+            f"{counts}; {progressing.get('message', '')}".rstrip("; "),
+        )
+    return RevisionState(revision, spec_replicas, ready, False, Reason.PROGRESSING, counts)
