@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from modelyard import yamlio
 from modelyard.api.crdgen import model_deployment_crd_yaml
+from modelyard.api.names import revision_of
 from modelyard.api.v1alpha1 import KIND, ModelDeployment
-from modelyard.render.names import revision_of
 from modelyard.render.triton import UnservableSource, render_children
 
 

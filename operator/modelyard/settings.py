@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from modelyard.render.names import FIELD_MANAGER
+from modelyard.api.names import FIELD_MANAGER
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,11 @@ import kopf
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
+from modelyard.api.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from modelyard.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment
 from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube, load_api_client
 from modelyard.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
 from modelyard.reconcile.model_deployment import reconcile_model_deployment, report_invalid_spec
-from modelyard.render.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from modelyard.settings import Settings
 
 log = logging.getLogger("modelyard")

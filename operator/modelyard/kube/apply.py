@@ -12,8 +12,8 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+from modelyard.api.names import ANNOTATION_APPLIED, config_hash
 from modelyard.kube.client import Kube, Obj
-from modelyard.render.names import ANNOTATION_APPLIED, config_hash
 
 
 def _same_scalar(want: Any, have: Any) -> bool:

@@ -11,8 +11,8 @@ from typing import Any
 from kubernetes import client, config
 
 from modelyard import __version__
+from modelyard.api.names import FIELD_MANAGER
 from modelyard.api.v1alpha1 import GROUP, PLURAL, VERSION
-from modelyard.render.names import FIELD_MANAGER
 
 USER_AGENT = f"modelyard-operator/{__version__}"
 Obj = dict[str, Any]
@@ -49,6 +49,12 @@ _BY_KIND = {("apps/v1", "Deployment"): DEPLOYMENTS, ("v1", "Service"): SERVICES}
 
 def resource_of(obj: Obj) -> Resource:
     return _BY_KIND[(obj["apiVersion"], obj["kind"])]
+
+
+def _items(listing: Obj) -> list[Obj]:
+    """A list's items, each with the apiVersion and kind that list responses leave out of them."""
+    kind = str(listing.get("kind", "")).removesuffix("List")
+    return [{"apiVersion": listing.get("apiVersion"), "kind": kind, **item} for item in listing.get("items", [])]
 
 
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -98,13 +104,11 @@ class Kube:
 
     def list_by_labels(self, res: Resource, namespace: str, labels: dict[str, str]) -> list[Obj]:
         selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
-        items: list[Obj] = self._call("GET", res.path(namespace), query=[("labelSelector", selector)]).get("items", [])
-        return items
+        return _items(self._call("GET", res.path(namespace), query=[("labelSelector", selector)]))
 
     def list_all_namespaces(self, res: Resource) -> list[Obj]:
         base = f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"
-        items: list[Obj] = self._call("GET", f"{base}/{res.plural}").get("items", [])
-        return items
+        return _items(self._call("GET", f"{base}/{res.plural}"))
 
     def apply(self, obj: Obj, subresource: str | None = None) -> Obj:
         """Server-side apply with this operator's field manager, taking ownership of conflicting fields."""

@@ -17,6 +17,7 @@ from typing import Any
 from kubernetes.client import ApiException
 
 from modelyard.api.conditions import ConditionType, Reason
+from modelyard.api.names import LABEL_REVISION, revision_of, selector_labels, service_name, url_of
 from modelyard.api.v1alpha1 import (
     API_VERSION,
     KIND,
@@ -28,7 +29,6 @@ from modelyard.api.v1alpha1 import (
 )
 from modelyard.kube.apply import ensure
 from modelyard.kube.client import DEPLOYMENTS, PODS, SERVICES, Kube, Obj
-from modelyard.render.names import LABEL_REVISION, revision_of, selector_labels, service_name, url_of
 from modelyard.render.triton import UnservableSource, render_service, render_triton_deployment
 from modelyard.status.conditions import Clock, set_condition, transitions, utc_now
 from modelyard.status.revision import RevisionState, observe_revision

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from modelyard.api.v1alpha1 import ModelDeployment
-from modelyard.render.names import (
+from modelyard.api.names import (
     GRPC_PORT,
     HTTP_PORT,
     LABEL_METRICS,
@@ -19,6 +18,7 @@ from modelyard.render.names import (
     selector_labels,
     service_name,
 )
+from modelyard.api.v1alpha1 import ModelDeployment
 
 MODEL_MOUNT = "/models"
 TRITON_UID = 1000

@@ -1,4 +1,4 @@
-"""Names, labels and the revision hash shared by every renderer."""
+"""Names, labels, the field manager and the revision hash: conventions every layer shares."""
 
 from __future__ import annotations
 

@@ -1,0 +1,67 @@
+"""Fixtures for the integration and e2e tiers: one real local control plane per test session.
+
+Nothing here skips: when a control-plane part is missing, the fixture fails with what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from localcluster import OPERATOR_USER, LocalCluster
+from modelyard.kube.client import Kube, load_api_client
+
+ROOT = Path(__file__).resolve().parents[1]
+CRD = ROOT / "crds" / "modelyard.dev_modeldeployments.yaml"
+RBAC_RULES = ROOT / "charts" / "modelyard" / "files" / "clusterrole-rules.yaml"
+
+
+def operator_rbac() -> list[dict[str, object]]:
+    """The chart's ClusterRole, bound to the operator's test identity: the operator runs with only what it grants."""
+    rules = yaml.safe_load(RBAC_RULES.read_text())
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "modelyard-operator"}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "modelyard-operator"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelyard-operator"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR_USER}]},
+    ]
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    cl = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    try:
+        cl.kubectl("apply", "-f", str(CRD))
+        cl.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelyard.dev", "--timeout=60s")
+        cl.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                          "items": operator_rbac()}))
+        yield cl
+    finally:
+        cl.stop()
+
+
+@pytest.fixture(scope="session")
+def admin(cluster: LocalCluster) -> Kube:
+    """A client with cluster-admin rights, for arranging and inspecting."""
+    return Kube(load_api_client(str(cluster.kubeconfig)), field_manager="modelyard-tests")
+
+
+@pytest.fixture(scope="session")
+def operator_kube(cluster: LocalCluster) -> Kube:
+    """The operator's client: user modelyard-operator with the chart's RBAC and nothing else."""
+    return Kube(load_api_client(str(cluster.operator_kubeconfig)))
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")

@@ -1,0 +1,59 @@
+"""Shared test helpers: manifests, waiting, audit-log write counting."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from localcluster import WRITE_VERBS, LocalCluster
+
+T = TypeVar("T")
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90, interval: float = 0.5) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` and the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {last!r}")
+
+
+def model_deployment(name: str, namespace: str, **serving: Any) -> dict[str, Any]:
+    """A valid ModelDeployment manifest; keyword arguments override spec.serving fields."""
+    base: dict[str, Any] = {
+        "apiVersion": "modelyard.dev/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"uri": "s3://models/resnet", "format": "onnx"},
+            "serving": {
+                "gpus": 1,
+                "replicas": 1,
+                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            },
+        },
+    }
+    out = copy.deepcopy(base)
+    out["spec"]["serving"].update(serving)
+    return out
+
+
+def operator_writes(cluster: LocalCluster, since: int, user: str = "modelyard-operator") -> list[str]:
+    """Write requests `user` made after audit event number `since`, as 'VERB /path' lines."""
+    events = cluster.audit_events()[since:]
+    return [
+        f"{e['verb']} {e['requestURI']}"
+        for e in events
+        if e.get("user", {}).get("username") == user and e.get("verb") in WRITE_VERBS
+    ]
+
+
+def ready_condition(body: dict[str, Any]) -> dict[str, Any] | None:
+    conditions: list[dict[str, Any]] = body.get("status", {}).get("conditions", [])
+    return next((c for c in conditions if c.get("type") == "Ready"), None)

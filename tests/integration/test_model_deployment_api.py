@@ -1,0 +1,252 @@
+"""Integration: the CRD and the reconcile against a real kube-apiserver (with etcd, controllers and kwok nodes).
+
+The reconcile is called directly here, as the operator's own user with the chart's RBAC; tests/e2e runs the
+operator process itself.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from helpers import model_deployment, operator_writes, ready_condition, wait_for
+from localcluster import LocalCluster
+from modelyard.api.names import FIELD_MANAGER, LABEL_REVISION, revision_of
+from modelyard.api.v1alpha1 import ModelDeployment
+from modelyard.kube.client import DEPLOYMENTS, MODEL_DEPLOYMENTS, SERVICES, Kube
+from modelyard.reconcile.model_deployment import Outcome, reconcile_model_deployment
+
+pytestmark = pytest.mark.integration
+
+
+def apply(cluster: LocalCluster, manifest: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+def reconcile(admin: Kube, operator: Kube, namespace: str, name: str) -> Outcome:
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, name)
+    assert body is not None
+    return reconcile_model_deployment(operator, ModelDeployment.model_validate(body))
+
+
+def reconcile_until_ready(admin: Kube, operator: Kube, namespace: str, name: str) -> Outcome:
+    def ready() -> Outcome | None:
+        outcome = reconcile(admin, operator, namespace, name)
+        return outcome if outcome.ready else None
+
+    return wait_for(f"{namespace}/{name} to be Ready", ready)
+
+
+def test_crd_is_established_with_printer_columns(cluster: LocalCluster) -> None:
+    out = cluster.kubectl("get", "crd", "modeldeployments.modelyard.dev", "-o", "json").stdout
+    crd = json.loads(out)
+    established = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
+    assert established["Established"] == "True"
+    assert crd["spec"]["names"]["shortNames"] == ["mdep"]
+    columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert columns[:1] == ["Ready"] and {"Revision", "Replicas", "URL", "Age"} <= set(columns)
+    # The OpenAPI document that kubectl explain reads is published shortly after the CRD is Established.
+    explained = wait_for(
+        "kubectl explain to know the CRD",
+        lambda: cluster.kubectl("explain", "modeldeployment.spec.serving.gpuResourceName", check=False).stdout,
+    )
+    assert "Extended resource that counts GPUs" in explained
+
+
+def test_defaults_are_applied_by_the_api_server(cluster: LocalCluster, admin: Kube, namespace: str) -> None:
+    manifest = model_deployment("defaults", namespace)
+    del manifest["spec"]["serving"]
+    apply(cluster, manifest)
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, "defaults")
+    assert body is not None
+    serving = body["spec"]["serving"]
+    assert serving["gpus"] == 1 and serving["gpuResourceName"] == "nvidia.com/gpu"
+    assert serving["dynamicBatching"] == {"enabled": True, "maxQueueDelayMicroseconds": 100}
+    assert serving["image"].startswith("nvcr.io/nvidia/tritonserver:")
+
+
+def _break(manifest: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    node = manifest
+    *parents, leaf = path.split(".")
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[leaf] = value
+    return manifest
+
+
+INVALID = [
+    ("spec.model.uri", "ftp://host/model", "model.uri must start with s3://, pvc://, http:// or https://"),
+    ("spec.model.uri", "pvc://Bad_Claim/x", "a pvc:// URI is pvc://<claim-name>/<path>"),
+    ("spec.model.credentialsSecretRef", {"name": "creds"}, "model.credentialsSecretRef applies to s3://"),
+    ("spec.model.format", "pickle", 'Unsupported value: "pickle"'),
+    ("spec.serving.maxBatchSize", 0, "serving.dynamicBatching needs serving.maxBatchSize > 0"),
+    ("spec.serving.dynamicBatching", {"preferredBatchSizes": [4, 64]},
+     "every serving.dynamicBatching.preferredBatchSizes entry must be at most serving.maxBatchSize"),
+    ("spec.serving.resources", {"limits": {"nvidia.com/gpu": "1"}}, "ask for GPUs with serving.gpus"),
+    ("spec.serving.gpus", 17, "should be less than or equal to 16"),
+    ("metadata.name", "m" * 41, "metadata.name must be at most 40 characters"),
+    ("metadata.name", "9lives", "metadata.name must be a DNS label"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), INVALID, ids=[f"{p}={v}"[:60] for p, v, _ in INVALID])
+def test_invalid_manifests_are_rejected_at_apply(
+    cluster: LocalCluster, namespace: str, path: str, value: Any, message: str
+) -> None:
+    manifest = model_deployment("invalid", namespace)
+    if path == "spec.model.uri" and str(value).startswith("pvc"):
+        manifest["spec"]["model"]["uri"] = value
+    elif path == "spec.model.credentialsSecretRef":
+        manifest["spec"]["model"]["uri"] = "pvc://claim/model"
+        manifest["spec"]["model"]["credentialsSecretRef"] = value
+    else:
+        _break(manifest, path, value)
+    proc = cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=False)
+    assert proc.returncode != 0, f"the API server accepted an invalid manifest ({path}={value!r})"
+    assert message in proc.stderr, proc.stderr
+
+
+def test_children_have_owner_references_and_the_field_manager(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    apply(cluster, model_deployment("owned", namespace))
+    outcome = reconcile_until_ready(admin, operator_kube, namespace, "owned")
+    md = admin.get(MODEL_DEPLOYMENTS, namespace, "owned")
+    assert md is not None
+    deployment = admin.get(DEPLOYMENTS, namespace, f"owned-{outcome.revision}")
+    service = admin.get(SERVICES, namespace, "owned")
+    for child in (deployment, service):
+        assert child is not None
+        (ref,) = child["metadata"]["ownerReferences"]
+        assert (ref["kind"], ref["name"], ref["uid"], ref["controller"]) == (
+            "ModelDeployment", "owned", md["metadata"]["uid"], True
+        )
+        managers = {(m["manager"], m["operation"]) for m in child["metadata"]["managedFields"]}
+        assert (FIELD_MANAGER, "Apply") in managers
+    # The Deployment belongs to one revision; the Service outlives revisions and selects the serving one.
+    assert deployment is not None and deployment["metadata"]["labels"][LABEL_REVISION] == outcome.revision
+    assert service is not None and service["spec"]["selector"][LABEL_REVISION] == outcome.revision
+
+
+def test_ready_condition_status_and_events(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    apply(cluster, model_deployment("status", namespace, replicas=2))
+    outcome = reconcile_until_ready(admin, operator_kube, namespace, "status")
+    md = admin.get(MODEL_DEPLOYMENTS, namespace, "status")
+    assert md is not None
+    cond = ready_condition(md)
+    assert cond is not None and cond["status"] == "True" and cond["reason"] == "Available"
+    assert cond["observedGeneration"] == md["metadata"]["generation"] == md["status"]["observedGeneration"]
+    assert md["status"]["revisions"]["stable"] == {
+        "name": outcome.revision, "replicas": 2, "readyReplicas": 2, "trafficPercent": 100,
+    }
+    assert md["status"]["url"] == f"http://status.{namespace}.svc:8000"
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    reasons = [e["reason"] for e in events if e["involvedObject"]["name"] == "status"]
+    assert "Available" in reasons, reasons
+    # kubectl wait works on the condition
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "mdep/status", "--timeout=5s")
+
+
+def test_unchanged_resync_makes_zero_writes(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    apply(cluster, model_deployment("idle", namespace))
+    reconcile_until_ready(admin, operator_kube, namespace, "idle")
+    mark = len(cluster.audit_events())
+    for _ in range(3):
+        outcome = reconcile(admin, operator_kube, namespace, "idle")
+        assert outcome.writes == 0, operator_writes(cluster, mark)
+    assert operator_writes(cluster, mark) == []
+    reads = [e for e in cluster.audit_events()[mark:] if e["user"]["username"] == "modelyard-operator"]
+    assert reads, "the audit log shows no request from the operator at all: the check above proves nothing"
+
+
+def test_drift_in_an_owned_field_is_corrected(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    apply(cluster, model_deployment("drift", namespace))
+    outcome = reconcile_until_ready(admin, operator_kube, namespace, "drift")
+    name = f"drift-{outcome.revision}"
+    cluster.kubectl("scale", "-n", namespace, f"deployment/{name}", "--replicas=3")
+    assert reconcile(admin, operator_kube, namespace, "drift").writes >= 1
+    deployment = admin.get(DEPLOYMENTS, namespace, name)
+    assert deployment is not None and deployment["spec"]["replicas"] == 1
+
+
+def test_spec_update_rolls_out_a_new_revision_and_prunes_the_old(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    manifest = model_deployment("roll", namespace)
+    apply(cluster, manifest)
+    first = reconcile_until_ready(admin, operator_kube, namespace, "roll").revision
+
+    # Scaling is not a new revision.
+    manifest["spec"]["serving"]["replicas"] = 2
+    apply(cluster, manifest)
+    assert reconcile_until_ready(admin, operator_kube, namespace, "roll").revision == first
+
+    manifest["spec"]["serving"]["image"] = "nvcr.io/nvidia/tritonserver:24.12-py3"
+    apply(cluster, manifest)
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, "roll")
+    assert body is not None
+    second = revision_of(ModelDeployment.model_validate(body).spec)
+    assert second != first
+    # First pass: the new revision's Deployment exists, the old one still serves.
+    outcome = reconcile(admin, operator_kube, namespace, "roll")
+    assert outcome.revision == second
+    if not outcome.ready:
+        assert outcome.serving == first
+        assert admin.get(DEPLOYMENTS, namespace, f"roll-{first}") is not None
+    reconcile_until_ready(admin, operator_kube, namespace, "roll")
+    assert admin.get(DEPLOYMENTS, namespace, f"roll-{first}") is None
+    service = admin.get(SERVICES, namespace, "roll")
+    assert service is not None and service["spec"]["selector"][LABEL_REVISION] == second
+    after = admin.get(MODEL_DEPLOYMENTS, namespace, "roll")
+    assert after is not None and after["status"]["revisions"]["stable"]["name"] == second
+
+
+def test_operator_never_writes_the_spec(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    manifest = model_deployment("gitops", namespace)
+    apply(cluster, manifest)
+    before = admin.get(MODEL_DEPLOYMENTS, namespace, "gitops")
+    reconcile_until_ready(admin, operator_kube, namespace, "gitops")
+    after = admin.get(MODEL_DEPLOYMENTS, namespace, "gitops")
+    assert before is not None and after is not None
+    assert after["spec"] == before["spec"]
+    assert after["metadata"]["generation"] == before["metadata"]["generation"]
+    assert after["metadata"].get("annotations", {}) == before["metadata"].get("annotations", {})
+    assert not after["metadata"].get("finalizers")
+    managers = {m["manager"]: m.get("subresource", "") for m in after["metadata"]["managedFields"]}
+    assert managers[FIELD_MANAGER] == "status"
+
+
+def test_unservable_source_is_reported_not_crashed(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    manifest = model_deployment("http", namespace)
+    manifest["spec"]["model"]["uri"] = "https://models.example.com/resnet.onnx"
+    apply(cluster, manifest)
+    outcome = reconcile(admin, operator_kube, namespace, "http")
+    assert not outcome.ready
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, "http")
+    assert body is not None
+    cond = ready_condition(body)
+    assert cond is not None and cond["reason"] == "SourceUnsupported" and "pvc://" in cond["message"]
+    assert admin.list_by_labels(DEPLOYMENTS, namespace, {"modelyard.dev/deployment": "http"}) == []
+
+
+def test_deleting_the_model_deployment_removes_its_children(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    apply(cluster, model_deployment("gone", namespace))
+    outcome = reconcile_until_ready(admin, operator_kube, namespace, "gone")
+    cluster.kubectl("delete", "-n", namespace, "mdep/gone", "--wait=true", "--timeout=60s")
+    wait_for("the garbage collector to remove the children",
+             lambda: admin.get(DEPLOYMENTS, namespace, f"gone-{outcome.revision}") is None
+             and admin.get(SERVICES, namespace, "gone") is None)
