@@ -11,27 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
-from localcluster import OPERATOR_USER, LocalCluster
+from localcluster import LocalCluster, operator_rbac
 from modelyard.kube.client import Kube, load_api_client
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "modelyard.dev_modeldeployments.yaml"
-RBAC_RULES = ROOT / "charts" / "modelyard" / "files" / "clusterrole-rules.yaml"
-
-
-def operator_rbac() -> list[dict[str, object]]:
-    """The chart's ClusterRole, bound to the operator's test identity: the operator runs with only what it grants."""
-    rules = yaml.safe_load(RBAC_RULES.read_text())
-    return [
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-         "metadata": {"name": "modelyard-operator"}, "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": "modelyard-operator"},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelyard-operator"},
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR_USER}]},
-    ]
 
 
 @pytest.fixture(scope="session")

@@ -43,6 +43,22 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 
 
+RBAC_RULES = ROOT / "charts" / "modelyard" / "files" / "clusterrole-rules.yaml"
+
+
+def operator_rbac() -> list[dict[str, Any]]:
+    """The chart's ClusterRole bound to user modelyard-operator: the operator runs with only what the chart grants."""
+    rules = yaml.safe_load(RBAC_RULES.read_text())
+    role = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelyard-operator"}
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "modelyard-operator"}, "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": "modelyard-operator"}, "roleRef": role,
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR_USER}]},
+    ]
+
+
 class ControlPlaneMissing(RuntimeError):
     """A control-plane part could not be found or built."""
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import sys
 import time
 from pathlib import Path
 
-from localcluster import LocalCluster, find_binaries
+from localcluster import LocalCluster, find_binaries, operator_rbac
 
 
 def main() -> int:
@@ -18,8 +19,12 @@ def main() -> int:
     up.add_argument("--dir", required=True, type=Path, help="state directory; the kubeconfig is DIR/admin.kubeconfig")
     up.add_argument("--gpu-nodes", type=int, default=2)
     up.add_argument("--cpu-nodes", type=int, default=1)
+    sub.add_parser("rbac", help="print the operator's ClusterRole and its binding to user modelyard-operator")
     sub.add_parser("binaries", help="print the directory of the control-plane binaries, building them if needed")
     args = parser.parse_args()
+    if args.command == "rbac":
+        print(json.dumps({"apiVersion": "v1", "kind": "List", "items": operator_rbac()}))
+        return 0
     if args.command == "binaries":
         print(find_binaries())
         return 0

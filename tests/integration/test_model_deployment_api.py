@@ -250,3 +250,26 @@ def test_deleting_the_model_deployment_removes_its_children(
     wait_for("the garbage collector to remove the children",
              lambda: admin.get(DEPLOYMENTS, namespace, f"gone-{outcome.revision}") is None
              and admin.get(SERVICES, namespace, "gone") is None)
+
+
+def test_a_terminating_namespace_is_not_reported_as_a_rejected_apply(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    apply(cluster, model_deployment("doomed", namespace))
+    outcome = reconcile_until_ready(admin, operator_kube, namespace, "doomed")
+    # A finalizer holds the ModelDeployment (and so the namespace) in Terminating while the children go.
+    cluster.kubectl("patch", "-n", namespace, "mdep/doomed", "--type=merge", "-p",
+                    '{"metadata":{"finalizers":["modelyard.dev/test-hold"]}}')
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+    wait_for("the namespace controller to delete the Deployment",
+             lambda: admin.get(DEPLOYMENTS, namespace, f"doomed-{outcome.revision}") is None)
+    try:
+        result = reconcile(admin, operator_kube, namespace, "doomed")
+        assert result.writes == 0
+        body = admin.get(MODEL_DEPLOYMENTS, namespace, "doomed")
+        assert body is not None
+        cond = ready_condition(body)
+        assert cond is not None and cond["reason"] != "ApplyRejected", cond
+    finally:
+        cluster.kubectl("patch", "-n", namespace, "mdep/doomed", "--type=merge", "-p",
+                        '{"metadata":{"finalizers":null}}')

@@ -84,6 +84,14 @@ class _Writer:
         self.count += 1
 
 
+class _NamespaceTerminating(Exception):
+    """The namespace is being deleted: its children go with it, and there is nothing to report."""
+
+
+def _namespace_terminating(exc: ApiException) -> bool:
+    return exc.status == 403 and "NamespaceTerminating" in (exc.body or "")
+
+
 def _apply_rejected(exc: ApiException) -> _Stop:
     return _Stop(Reason.APPLY_REJECTED, f"the API server rejected a child object: {exc.status} {exc.reason}: "
                  f"{(exc.body or '')[:800]}")
@@ -96,6 +104,9 @@ def reconcile_model_deployment(kube: Kube, md: ModelDeployment, clock: Clock = u
     writer = _Writer(kube)
     try:
         latest, serving_state = _roll_out(writer, md, revision)
+    except _NamespaceTerminating:
+        log.debug("namespace %s is terminating; leaving %s alone", ns, md.metadata.name)
+        return Outcome(revision, None, False, writer.count)
     except _Stop as stop:
         status = _failed_status(md, revision, stop.reason, stop.message, clock)
         writes = writer.count + _write_status(kube, md.metadata, md.status, status)
@@ -162,6 +173,8 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str) -> tuple[Revi
         serving = revision if latest.available or previous is None else previous
         writer.ensure(service, render_service(md, serving))
     except ApiException as exc:
+        if _namespace_terminating(exc):
+            raise _NamespaceTerminating() from exc
         if 400 <= exc.status < 500 and exc.status not in (404, 409, 429):
             raise _apply_rejected(exc) from exc
         raise

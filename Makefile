@@ -1,0 +1,66 @@
+# Modelyard — run `make help` for the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CRD := crds/modelyard.dev_modeldeployments.yaml
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(BIN)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) (>= 3.11) is required" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+.PHONY: venv
+venv: $(BIN)/.installed ## Create .venv with the operator and its test tools
+
+.PHONY: control-plane
+control-plane: ## Build (once, cached in ~/.cache/modelyard) kube-apiserver, etcd, controller-manager, scheduler, kubectl, kwok
+	@bash hack/control-plane/build.sh
+
+.PHONY: crds
+crds: venv ## Regenerate crds/ and the chart's copy from the pydantic models
+	$(BIN)/modelyard crd > $(CRD)
+	@mkdir -p charts/modelyard/crds && cp $(CRD) charts/modelyard/crds/
+
+.PHONY: lint
+lint: venv ## ruff, mypy --strict and the import-layer contracts
+	$(BIN)/ruff check operator hack tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+.PHONY: test-unit
+test-unit: venv ## Unit tests: renderers against golden files, schema, hashing
+	$(PYTEST) tests/unit
+
+.PHONY: test-integration
+test-integration: venv control-plane ## Integration tests against a real local kube-apiserver
+	$(PYTEST) tests/integration
+
+.PHONY: test-e2e
+test-e2e: venv control-plane ## E2E: the operator process on the local cluster with kwok GPU nodes
+	$(PYTEST) tests/e2e
+
+.PHONY: test
+test: lint control-plane ## Everything: lint, then unit, integration and e2e tests (one local cluster for all)
+	$(PYTEST) tests
+
+.PHONY: golden
+golden: venv ## Rewrite the golden files from the renderers (review the diff)
+	UPDATE_GOLDEN=1 $(PYTEST) tests/unit -q
+
+.PHONY: demo
+demo: venv control-plane ## Local control plane + operator + examples/, wait for Ready, print `kubectl get mdep -o wide`
+	@bash hack/demo.sh
+
+.PHONY: kind-e2e
+kind-e2e: ## The same on kind, for machines with Docker (not run in CI)
+	@bash hack/kind-e2e.sh

@@ -1,0 +1,86 @@
+"""Deciding whether to apply, and reading a revision's state off its children."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modelyard.kube.apply import contains, needs_apply, with_config_hash
+from modelyard.status.revision import observe_revision
+
+DESIRED: dict[str, Any] = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "m-1", "namespace": "ns", "labels": {"a": "b"}},
+    "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "resources": {
+        "limits": {"cpu": "0.5", "memory": "1Gi"}}}]}}},
+}
+
+
+def live_from(desired: dict[str, Any]) -> dict[str, Any]:
+    """What the API server returns: our fields, defaults, and canonical quantities."""
+    live = with_config_hash(desired)
+    live["metadata"]["uid"] = "u"
+    live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "1"
+    container = live["spec"]["template"]["spec"]["containers"][0]
+    container["resources"]["limits"]["cpu"] = "500m"
+    container["terminationMessagePath"] = "/dev/termination-log"
+    return live
+
+
+def test_unchanged_object_is_not_applied() -> None:
+    assert not needs_apply(live_from(DESIRED), DESIRED)
+
+
+def test_missing_object_is_applied() -> None:
+    assert needs_apply(None, DESIRED)
+
+
+def test_drift_in_an_owned_field_is_applied() -> None:
+    live = live_from(DESIRED)
+    live["spec"]["replicas"] = 5
+    assert needs_apply(live, DESIRED)
+
+
+def test_a_removed_field_changes_the_hash() -> None:
+    smaller = {**DESIRED, "metadata": {**DESIRED["metadata"], "labels": {}}}
+    assert needs_apply(live_from(DESIRED), smaller)
+
+
+def test_contains_compares_lists_item_by_item() -> None:
+    assert contains([{"a": 1, "x": 2}], [{"a": 1}])
+    assert not contains([{"a": 1}, {"a": 2}], [{"a": 1}])
+    assert not contains({"a": "http"}, {"a": "grpc"})
+
+
+def deployment(ready: int, replicas: int = 2, generation: int = 1, observed: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": replicas},
+        "status": {"observedGeneration": observed, "replicas": replicas, "updatedReplicas": replicas,
+                   "readyReplicas": ready, "availableReplicas": ready},
+    }
+
+
+def test_available_revision() -> None:
+    state = observe_revision("r", deployment(2), [], 2)
+    assert state.available and state.reason == "Available" and state.message == "2/2 replicas ready"
+
+
+def test_stale_deployment_status_is_not_available() -> None:
+    assert not observe_revision("r", deployment(2, generation=2, observed=1), [], 2).available
+
+
+def test_unschedulable_pod_gives_the_scheduler_message() -> None:
+    pod = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                      "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}}
+    state = observe_revision("r", deployment(0), [pod], 2)
+    assert state.reason == "Unschedulable"
+    assert "3 Insufficient nvidia.com/gpu" in state.message
+
+
+def test_waiting_container_reason_is_surfaced() -> None:
+    pod = {"status": {"containerStatuses": [{"name": "triton", "state": {"waiting": {
+        "reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}}
+    state = observe_revision("r", deployment(0), [pod], 2)
+    assert state.reason == "ImagePullBackOff"
+    assert state.message == "0/2 replicas ready; container triton: Back-off pulling image"
