@@ -33,7 +33,7 @@ crds: venv ## Regenerate crds/ and the chart's copy from the pydantic models
 
 .PHONY: lint
 lint: venv ## ruff, mypy --strict and the import-layer contracts
-	$(BIN)/ruff check operator hack tests bench
+	$(BIN)/ruff check operator hack tests
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
