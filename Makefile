@@ -27,8 +27,9 @@ control-plane: ## Build (once, cached in ~/.cache/modelyard) kube-apiserver, etc
 	@bash hack/control-plane/build.sh
 
 .PHONY: crds
-crds: venv ## Regenerate crds/ and the chart's copy from the pydantic models
+crds: venv ## Regenerate crds/, the chart's copy and docs/api.md from the pydantic models
 	$(BIN)/modelyard crd > $(CRD)
+	$(BIN)/modelyard docs > docs/api.md
 	@mkdir -p charts/modelyard/crds && cp $(CRD) charts/modelyard/crds/
 
 .PHONY: lint

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from modelyard import yamlio
 from modelyard.api.crdgen import model_deployment_crd_yaml
 from modelyard.api.names import revision_of
+from modelyard.api.reference import api_reference_markdown
 from modelyard.api.v1alpha1 import KIND, ModelDeployment
 from modelyard.render.triton import UnservableSource, render_children
 
@@ -40,12 +41,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelyard", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("crd", help="print the ModelDeployment CustomResourceDefinition")
+    sub.add_parser("docs", help="print the API reference (docs/api.md) in Markdown")
     render = sub.add_parser("render", help="print the child objects the operator creates for a manifest")
     render.add_argument("-f", "--filename", required=True, help="manifest file, or - for standard input")
     args = parser.parse_args(argv)
 
     if args.command == "crd":
         sys.stdout.write(model_deployment_crd_yaml())
+        return 0
+    if args.command == "docs":
+        sys.stdout.write(api_reference_markdown())
         return 0
     docs = _load_manifests(args.filename)
     if not docs:

@@ -15,6 +15,20 @@ def test_committed_crd_matches_the_models() -> None:
     assert committed == model_deployment_crd_yaml(), "crds/ drifted from the models: run `make crds` and commit"
 
 
+def test_committed_api_reference_matches_the_models() -> None:
+    from modelyard.api.reference import api_reference_markdown
+
+    committed = (ROOT / "docs" / "api.md").read_text()
+    assert committed == api_reference_markdown(), "docs/api.md drifted from the models: run `make crds` and commit"
+
+
+def test_every_reason_is_documented() -> None:
+    from modelyard.api.conditions import Reason
+    from modelyard.api.reference import REASONS
+
+    assert set(REASONS) == set(Reason)
+
+
 def _walk(node: dict[str, Any], path: str = "") -> list[str]:
     problems = []
     for banned in ("$ref", "anyOf", "allOf", "oneOf", "title"):

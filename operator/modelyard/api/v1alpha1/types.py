@@ -158,6 +158,12 @@ class ModelSource(_Spec):
 # --- spec.serving ----------------------------------------------------------------------------------------------
 
 
+_MODEL_CONFIG_NOTE = (
+    " Written into the model's config.pbtxt by the conversion stage; until that stage is released, the "
+    "config.pbtxt in the model repository decides."
+)
+
+
 class DynamicBatching(_Spec):
     enabled: bool = Field(default=True, description="Let Triton merge concurrent requests into one batch.")
     preferred_batch_sizes: list[int] | None = Field(
@@ -226,15 +232,21 @@ class Serving(_Spec):
     )
     replicas: int = Field(default=1, ge=1, le=1000, description="Triton pods for the serving revision.")
     max_batch_size: int = Field(
-        default=8, ge=0, le=4096, description="Largest batch Triton forms; 0 for models without a batch dimension."
+        default=8,
+        ge=0,
+        le=4096,
+        description="Largest batch Triton forms; 0 for models without a batch dimension." + _MODEL_CONFIG_NOTE,
     )
     dynamic_batching: DynamicBatching = Field(
         default_factory=DynamicBatching,
-        description="Triton's dynamic batcher.",
+        description="Triton's dynamic batcher." + _MODEL_CONFIG_NOTE,
         json_schema_extra={"default": _defaults(DynamicBatching)},
     )
     instance_count: int = Field(
-        default=1, ge=1, le=64, description="Model instances per GPU (per pod on CPU), Triton's instance_group count."
+        default=1,
+        ge=1,
+        le=64,
+        description="Model instances per GPU (per pod on CPU), Triton's instance_group count." + _MODEL_CONFIG_NOTE,
     )
     resources: ResourceRequirements | None = Field(
         default=None, description="CPU and memory for the Triton container. GPUs come from serving.gpus."
