@@ -1,0 +1,31 @@
+"""Conversion failures, each with the reason that the Converted/Validated conditions will carry."""
+
+from __future__ import annotations
+
+
+class ConversionError(Exception):
+    reason = "ConversionFailed"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SourceRefused(ConversionError):
+    """The source is not something the converter will load (for example a pickled module)."""
+
+    reason = "SourceRefused"
+
+
+class SourceUnavailable(ConversionError):
+    reason = "SourceUnavailable"
+
+
+class ConversionUnsupported(ConversionError):
+    """The target or precision cannot be produced here (for example TensorRT without a GPU)."""
+
+    reason = "ConversionUnsupported"
+
+
+class ValidationFailed(ConversionError):
+    reason = "ValidationFailed"

@@ -1,0 +1,152 @@
+"""Load a source model and run it, whatever its format: one `Runnable` for sources and converted artifacts alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modelyard.api.v1alpha1 import DataType, ModelFormat, ModelSignature
+from modelyard.api.v1alpha1.conversion import Conversion
+from modelyard.convert.errors import ConversionUnsupported, SourceRefused
+
+DTYPES: dict[DataType, Any] = {
+    DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT8: np.int8, DataType.INT16: np.int16,
+    DataType.INT32: np.int32, DataType.INT64: np.int64, DataType.FP16: np.float16, DataType.FP32: np.float32,
+    DataType.FP64: np.float64,
+}
+ONNX_TO_DATATYPE = {
+    "tensor(bool)": DataType.BOOL, "tensor(uint8)": DataType.UINT8, "tensor(int8)": DataType.INT8,
+    "tensor(int16)": DataType.INT16, "tensor(int32)": DataType.INT32, "tensor(int64)": DataType.INT64,
+    "tensor(float16)": DataType.FP16, "tensor(float)": DataType.FP32, "tensor(double)": DataType.FP64,
+    "tensor(string)": DataType.BYTES,
+}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    name: str
+    data_type: DataType
+    dims: tuple[int, ...]
+    """Without the batch dimension; -1 is variable."""
+
+
+@dataclass
+class Runnable:
+    """A model that maps named numpy inputs to a list of numpy outputs."""
+
+    inputs: list[Tensor]
+    outputs: list[Tensor]
+    run: Callable[[dict[str, NDArray[Any]]], list[NDArray[Any]]]
+    torch_module: Any = None
+    """The torch module behind it, for torch sources (export and pruning work on it)."""
+    kind: str = "torch"
+    exported_program: Any = None
+    """For torch.export (.pt2) sources: the program, which the dynamo-based ONNX exporter takes as it is."""
+
+
+def _signature_tensors(signature: ModelSignature | None, what: str) -> tuple[list[Tensor], list[Tensor]]:
+    if signature is None:
+        raise ConversionUnsupported(
+            f"{what} does not record its inputs and outputs: set spec.model.signature (names, dataType, shape)"
+        )
+    def tensors(specs: list[Any]) -> list[Tensor]:
+        return [Tensor(t.name, t.data_type, tuple(t.shape)) for t in specs]
+
+    return tensors(signature.inputs), tensors(signature.outputs)
+
+
+def _torch_runnable(module: Any, inputs: list[Tensor], outputs: list[Tensor]) -> Runnable:
+    import torch
+
+    def run(feed: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
+        args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])) for t in inputs]
+        with torch.inference_mode():
+            result = module(*args)
+        items = list(result) if isinstance(result, tuple | list) else [result]
+        return [r.detach().cpu().numpy() for r in items]
+
+    return Runnable(inputs, outputs, run, torch_module=module, kind="torch")
+
+
+def onnx_runnable(path: Path, batched: bool) -> Runnable:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def tensors(args: list[Any]) -> list[Tensor]:
+        out = []
+        for a in args:
+            dims = [d if isinstance(d, int) else -1 for d in a.shape]
+            out.append(Tensor(a.name, ONNX_TO_DATATYPE[a.type], tuple(dims[1:] if batched else dims)))
+        return out
+
+    names = [o.name for o in session.get_outputs()]
+
+    def run(feed: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
+        return [np.asarray(x) for x in session.run(names, feed)]
+
+    return Runnable(tensors(session.get_inputs()), tensors(session.get_outputs()), run, kind="onnx")
+
+
+def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, conversion: Conversion,
+                batched: bool) -> Runnable:
+    """Load the source model, refusing anything that would unpickle code."""
+    if fmt == ModelFormat.ONNX:
+        return onnx_runnable(path, batched)
+    if fmt == ModelFormat.TENSORFLOW_SAVEDMODEL:
+        raise ConversionUnsupported("a TensorFlow SavedModel is served as it is; it is not converted")
+    import torch
+
+    inputs, outputs = _signature_tensors(signature, f"a {fmt} source")
+    if fmt == ModelFormat.TORCHSCRIPT:
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+        except RuntimeError as exc:
+            raise SourceRefused(
+                f"{path.name} is not a TorchScript archive (torch.jit.save); a module saved with torch.save is "
+                "pickled code: export it with torch.jit.script/trace, or use format pytorch with "
+                f"conversion.modelClass and a state_dict ({exc.__class__.__name__})"
+            ) from exc
+        return _torch_runnable(module.eval(), inputs, outputs)
+    # format: pytorch
+    if path.suffix == ".pt2":
+        program = torch.export.load(str(path))
+        runnable = _torch_runnable(program.module(), inputs, outputs)
+        runnable.exported_program = program
+        return runnable
+    if not conversion.model_class:
+        raise SourceRefused(
+            "a pickled PyTorch module is arbitrary code and is not loaded: save it with torch.export (.pt2) or "
+            "torch.jit (format torchscript), or name its class in conversion.modelClass (module:Class) and "
+            "supply a state_dict, which is loaded with torch.load(weights_only=True)"
+        )
+    import importlib
+
+    module_name, class_name = conversion.model_class.split(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise SourceRefused(f"conversion.modelClass {conversion.model_class} cannot be imported: {exc}") from exc
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError and others for anything but plain tensors
+        raise SourceRefused(
+            f"{path.name} is not a plain state_dict (torch.load with weights_only=True refused it: {exc})"
+        ) from exc
+    module = cls()
+    module.load_state_dict(state)
+    return _torch_runnable(module.eval(), inputs, outputs)
+
+
+def torchscript_runnable(path: Path, inputs: list[Tensor], outputs: list[Tensor]) -> Runnable:
+    import torch
+
+    module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    return _torch_runnable(module.eval(), inputs, outputs)

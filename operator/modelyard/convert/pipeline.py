@@ -1,0 +1,176 @@
+"""convert(): source -> (prune) -> export -> compress -> validate -> Triton model repository + manifest.
+
+Content-addressed: the repository lives under a key derived from the source digest, the conversion spec, the
+serving settings that go into config.pbtxt and the converter version, so the same request reuses the same
+artifact instead of converting again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelyard.api.v1alpha1 import ModelFormat, ModelSource, Serving
+from modelyard.api.v1alpha1.conversion import Conversion, Precision, Target
+from modelyard.convert import CONVERTER_VERSION
+from modelyard.convert.models import Runnable, Tensor, load_source, onnx_runnable, torchscript_runnable
+from modelyard.convert.sources import digest, fetch
+from modelyard.convert.transform import check_supported, export_onnx, export_torchscript, prune, to_fp16, to_int8
+from modelyard.convert.tritonconfig import model_config, to_pbtxt
+from modelyard.convert.validate import batches, make_samples, validate
+
+MANIFEST = "manifest.json"
+PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One conversion: the model's name, its source, what to make of it, and how Triton will serve it."""
+
+    name: str
+    source: ModelSource
+    conversion: Conversion
+    serving: Serving
+    flavour: str = "native"
+    """native: the platform's own backend (onnxruntime_onnx, pytorch_libtorch); python: ONNX run by the python
+    backend, for Triton builds without onnxruntime (local CPU serving)."""
+
+    def key(self, source_digest: str) -> str:
+        basis = {
+            "converter": CONVERTER_VERSION,
+            "name": self.name,
+            "source": {"digest": source_digest, "format": self.source.format,
+                       "signature": self.source.signature.model_dump(mode="json") if self.source.signature else None},
+            "conversion": self.conversion.model_dump(mode="json"),
+            "serving": self.serving.model_dump(
+                mode="json", include={"max_batch_size", "dynamic_batching", "instance_count", "gpus"}
+            ),
+            "flavour": self.flavour,
+        }
+        return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    return digest(path)
+
+
+def convert(request: Request, store: Path, workdir: Path | None = None) -> dict[str, Any]:
+    """Convert and publish under `store/<key>/`; return the manifest (with `reused` true when it already existed)."""
+    check_supported(request.conversion)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        scratch = Path(tmp)
+        source_path = fetch(request.source.uri, scratch)
+        source_digest = digest(source_path)
+        key = request.key(source_digest)
+        final = store / key
+        if (final / MANIFEST).is_file():
+            manifest: dict[str, Any] = json.loads((final / MANIFEST).read_text())
+            return {**manifest, "reused": True}
+        staging = scratch / "repository"
+        manifest = _convert_into(request, source_path, source_digest, key, staging)
+        store.mkdir(parents=True, exist_ok=True)
+        if final.exists():  # a concurrent conversion of the same key finished first: same content
+            shutil.rmtree(staging)
+        else:
+            shutil.move(str(staging), str(final))
+        return {**manifest, "reused": False, "repository": str(final)}
+
+
+def _convert_into(request: Request, source_path: Path, source_digest: str, key: str, repo: Path) -> dict[str, Any]:
+    conv, serving = request.conversion, request.serving
+    batched = serving.max_batch_size > 0
+    version_dir = repo / request.name / "1"
+    version_dir.mkdir(parents=True)
+
+    if request.source.format == ModelFormat.TENSORFLOW_SAVEDMODEL:
+        shutil.copytree(source_path, version_dir / "model.savedmodel")
+        cfg = model_config(request.name, "savedmodel", [], [], serving)
+        (repo / request.name / "config.pbtxt").write_text(to_pbtxt(cfg))
+        return _manifest(request, key, source_digest, "model.savedmodel", version_dir / "model.savedmodel",
+                         validation={"skipped": "a SavedModel is served as it is; Triton checks it at load"})
+
+    source = load_source(source_path, request.source.format, request.source.signature, conv, batched)
+    reference = source
+    samples = make_samples(source.inputs, conv, batched)
+    batch_size = min(8, serving.max_batch_size) if batched else 1
+    first_batch = batches(samples, batch_size)[0] if batched else samples
+    achieved_sparsity = None
+    if conv.pruning:
+        # Validate the pruned model against the unpruned source: reload it so the reference keeps its weights.
+        source = load_source(source_path, request.source.format, request.source.signature, conv, batched)
+        achieved_sparsity = prune(source, conv.pruning.sparsity)
+
+    candidate: Runnable
+    if conv.target == Target.TORCHSCRIPT:
+        artifact = version_dir / "model.pt"
+        export_torchscript(source, first_batch, artifact)
+        ins = [_renamed(t, f"INPUT__{i}") for i, t in enumerate(source.inputs)]
+        outs = [_renamed(t, f"OUTPUT__{i}") for i, t in enumerate(source.outputs)]
+        candidate = torchscript_runnable(artifact, source.inputs, source.outputs)
+        kind = "torchscript"
+    else:
+        artifact = version_dir / "model.onnx"
+        if source.kind == "onnx" and not conv.pruning:
+            shutil.copyfile(source_path, artifact)
+        else:
+            export_onnx(source, first_batch, artifact, conv.opset, batched, pruned=conv.pruning is not None)
+        if conv.precision == Precision.FP16:
+            to_fp16(artifact)
+        elif conv.precision == Precision.INT8:
+            to_int8(artifact, conv.int8_mode, batches(samples, batch_size) if batched else [samples])
+        candidate = onnx_runnable(artifact, batched)
+        ins, outs = candidate.inputs, candidate.outputs
+        kind = "onnx"
+
+    declared = None
+    if request.source.signature:
+        declared = [_tensor(t) for t in request.source.signature.outputs]
+    report = validate(reference, candidate, samples, conv, batched, batch_size, declared)
+
+    backend = "python" if request.flavour == "python" else None
+    if backend:
+        if kind != "onnx":
+            raise ValueError("the python flavour serves ONNX artifacts only")
+        shutil.copyfile(PYTHON_MODEL, version_dir / "model.py")
+    cfg = model_config(request.name, kind, ins, outs, serving, backend=backend)
+    (repo / request.name / "config.pbtxt").write_text(to_pbtxt(cfg))
+    validation = report.as_dict()
+    if achieved_sparsity is not None:
+        validation["sparsity"] = achieved_sparsity
+    return _manifest(request, key, source_digest, artifact.name, artifact, validation)
+
+
+def _tensor(spec: Any) -> Tensor:
+    return Tensor(spec.name, spec.data_type, tuple(spec.shape))
+
+
+def _renamed(t: Tensor, name: str) -> Tensor:
+    return Tensor(name, t.data_type, t.dims)
+
+
+def _manifest(request: Request, key: str, source_digest: str, artifact_name: str, artifact: Path,
+              validation: dict[str, Any]) -> dict[str, Any]:
+    manifest = {
+        "converterVersion": CONVERTER_VERSION,
+        "key": key,
+        "model": request.name,
+        "source": {"format": str(request.source.format), "digest": f"sha256:{source_digest}"},
+        "target": str(request.conversion.target),
+        "precision": str(request.conversion.precision),
+        "opset": request.conversion.opset if request.conversion.target == Target.ONNX else None,
+        "flavour": request.flavour,
+        "artifact": {
+            "path": f"{request.name}/1/{artifact_name}",
+            "sha256": _sha256(artifact),
+            "bytes": sum(p.stat().st_size for p in ([artifact] if artifact.is_file() else artifact.rglob("*"))
+                         if p.is_file()),
+        },
+        "validation": validation,
+    }
+    (artifact.parents[2] / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest

@@ -1,0 +1,155 @@
+"""Export to the target format, prune, and compress (fp16, int8)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modelyard.api.v1alpha1.conversion import Conversion, Int8Mode, Precision, Target
+from modelyard.convert.errors import ConversionUnsupported
+from modelyard.convert.models import Runnable, Tensor
+
+
+def prune(runnable: Runnable, sparsity: float) -> float:
+    """Zero the smallest-magnitude weights, globally over every weight matrix and kernel; return the sparsity."""
+    import torch
+
+    module = runnable.torch_module
+    if module is None:
+        raise ConversionUnsupported("pruning works on torch sources; this source is ONNX")
+    weights = [p for _, p in module.named_parameters() if p.dim() >= 2]
+    if not weights:
+        return 0.0
+    flat = torch.cat([w.detach().abs().flatten() for w in weights])
+    k = max(1, int(sparsity * flat.numel()))
+    threshold = flat.kthvalue(k).values
+    zeros = 0
+    with torch.no_grad():
+        for w in weights:
+            mask = w.abs() > threshold
+            w.mul_(mask)
+            zeros += int((~mask).sum())
+    return zeros / flat.numel()
+
+
+def _example_args(inputs: list[Tensor], feed: dict[str, NDArray[Any]]) -> tuple[Any, ...]:
+    import torch
+
+    return tuple(torch.from_numpy(np.ascontiguousarray(feed[t.name])) for t in inputs)
+
+
+def export_onnx(
+    runnable: Runnable, feed: dict[str, NDArray[Any]], out: Path, opset: int, batched: bool, pruned: bool = False
+) -> None:
+    """torch -> ONNX. A torch.export program goes through the dynamo exporter with the dynamic shapes it was
+    exported with; other modules (TorchScript among them) through the TorchScript-based exporter, batch axis and
+    -1 dimensions dynamic."""
+    import torch
+
+    if runnable.exported_program is not None and not pruned:
+        torch.onnx.export(
+            runnable.exported_program, _example_args(runnable.inputs, feed), str(out), dynamo=True,
+            input_names=[t.name for t in runnable.inputs], output_names=[t.name for t in runnable.outputs],
+            opset_version=max(opset, 18), verbose=False,
+        )
+        _inline_external_data(out)
+        return
+    names_in = [t.name for t in runnable.inputs]
+    names_out = [t.name for t in runnable.outputs]
+    axes: dict[str, dict[int, str]] = {}
+    for t in [*runnable.inputs, *runnable.outputs]:
+        offset = 1 if batched else 0
+        dyn = {i + offset: f"{t.name}_d{i}" for i, d in enumerate(t.dims) if d == -1}
+        if batched:
+            dyn[0] = "batch"
+        if dyn:
+            axes[t.name] = dyn
+    torch.onnx.export(
+        runnable.torch_module, _example_args(runnable.inputs, feed), str(out), dynamo=False,
+        input_names=names_in, output_names=names_out, dynamic_axes=axes, opset_version=opset,
+    )
+
+
+def _inline_external_data(path: Path) -> None:
+    """One self-contained model.onnx: Triton's repository layout and the quantizer both expect that."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=True)
+    for extra in path.parent.glob(path.name + ".data"):
+        extra.unlink()
+    onnx.save(model, str(path), save_as_external_data=False)
+
+
+def export_torchscript(runnable: Runnable, feed: dict[str, NDArray[Any]], out: Path) -> None:
+    import torch
+
+    module = runnable.torch_module
+    if module is None:
+        raise ConversionUnsupported("ONNX sources cannot be converted to TorchScript; use target onnx")
+    if not isinstance(module, torch.jit.ScriptModule):
+        module = torch.jit.trace(module, _example_args(runnable.inputs, feed))  # type: ignore[no-untyped-call]
+    torch.jit.save(module, str(out))
+
+
+def to_fp16(path: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # Inputs and outputs stay FP32: clients need not change, Triton casts at the edges.
+    onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over the sample batches."""
+
+    def __init__(self, batches: list[dict[str, NDArray[Any]]]) -> None:
+        self._it: Iterator[dict[str, NDArray[Any]]] = iter(batches)
+
+    def get_next(self) -> dict[str, NDArray[Any]] | None:
+        return next(self._it, None)
+
+
+def to_int8(path: Path, mode: Int8Mode, calibration: list[dict[str, NDArray[Any]]]) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = path.with_suffix(".pre.onnx")
+    quantized = path.with_suffix(".int8.onnx")
+    quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+    if mode == Int8Mode.DYNAMIC:
+        quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8)
+    else:
+        quantize_static(
+            str(prepared), str(quantized), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+        )
+    shutil.move(str(quantized), str(path))
+    prepared.unlink(missing_ok=True)
+
+
+def check_supported(conversion: Conversion) -> None:
+    """Refuse what this machine cannot produce, before any work."""
+    if conversion.target == Target.TENSORRT:
+        try:
+            import tensorrt  # noqa: F401
+            import torch
+
+            gpu = torch.cuda.is_available()
+        except ImportError:
+            gpu = False
+        if not gpu:
+            raise ConversionUnsupported(
+                "target tensorrt needs a GPU and TensorRT in the converter image; this converter has neither. "
+                "Use target onnx (Triton's onnxruntime backend can still use TensorRT as an execution provider)"
+            )
+        raise ConversionUnsupported("target tensorrt is not implemented in this converter version")
+    if conversion.target == Target.TORCHSCRIPT and conversion.precision != Precision.FP32:
+        raise ConversionUnsupported(
+            f"precision {conversion.precision} is produced for target onnx only (TorchScript fp16 needs a GPU and "
+            "int8 needs a quantization backend Triton's libtorch backend does not run); use target onnx"
+        )

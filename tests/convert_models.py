@@ -1,0 +1,90 @@
+"""Small models the converter tests make themselves (no model hub): a CNN, a transformer encoder, broken ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CNN_SIGNATURE = {
+    "inputs": [{"name": "image", "dataType": "FP32", "shape": [3, 32, 32]}],
+    "outputs": [{"name": "logits", "dataType": "FP32", "shape": [10]}],
+}
+ENCODER_SIGNATURE = {
+    "inputs": [{"name": "ids", "dataType": "INT64", "shape": [-1]}],
+    "outputs": [{"name": "pooled", "dataType": "FP32", "shape": [16]}],
+}
+
+
+class CNN(torch.nn.Module):
+    """A small image classifier: two convolutions, global average pooling, 10 classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.head = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class Encoder(torch.nn.Module):
+    """A small transformer encoder over token ids, mean-pooled to a 16-d embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(100, 32)
+        layer = torch.nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+        self.enc = torch.nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.out = torch.nn.Linear(32, 16)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.enc(self.emb(ids)).mean(dim=1))
+
+
+class NaNModel(CNN):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * float("nan")
+
+
+class WrongShape(CNN):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(32, 12)  # the signature says 10
+
+
+def _seeded(cls: type[torch.nn.Module]) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return cls().eval()
+
+
+def save_torchscript(cls: type[torch.nn.Module], path: Path) -> torch.nn.Module:
+    model = _seeded(cls)
+    torch.jit.save(torch.jit.trace(model, torch.randn(2, 3, 32, 32)), str(path))
+    return model
+
+
+def save_exported_encoder(path: Path) -> torch.nn.Module:
+    model = _seeded(Encoder)
+    batch, seq = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("seq", min=2, max=512)
+    program = torch.export.export(model, (torch.randint(0, 100, (2, 8)),), dynamic_shapes=({0: batch, 1: seq},))
+    torch.export.save(program, str(path))
+    return model
+
+
+def save_cnn_onnx(path: Path) -> torch.nn.Module:
+    model = _seeded(CNN)
+    torch.onnx.export(model, (torch.randn(2, 3, 32, 32),), str(path), dynamo=False, input_names=["image"],
+                      output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
+    return model
+
+
+def source(uri: str, fmt: str, signature: dict[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"uri": uri, "format": fmt}
+    if signature:
+        out["signature"] = signature
+    return out

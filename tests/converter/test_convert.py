@@ -1,0 +1,173 @@
+"""The converter on models the tests make: real torch, onnx and onnxruntime, no mocks."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from convert_models import (
+    CNN,
+    CNN_SIGNATURE,
+    ENCODER_SIGNATURE,
+    NaNModel,
+    WrongShape,
+    save_cnn_onnx,
+    save_exported_encoder,
+    save_torchscript,
+    source,
+)
+from modelyard.api.v1alpha1 import ModelSource, Serving
+from modelyard.api.v1alpha1.conversion import Conversion
+from modelyard.convert.errors import ConversionUnsupported, SourceRefused, ValidationFailed
+from modelyard.convert.pipeline import Request, convert
+
+pytestmark = [pytest.mark.converter, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::FutureWarning"),
+              pytest.mark.filterwarnings("ignore::UserWarning"),
+              pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")]
+warnings.filterwarnings("ignore")
+
+SERVING = Serving.model_validate({"gpus": 1, "maxBatchSize": 16, "instanceCount": 2,
+                                  "dynamicBatching": {"preferredBatchSizes": [4, 8], "maxQueueDelayMicroseconds": 250}})
+
+
+def request(name: str, src: dict[str, Any], conversion: dict[str, Any] | None = None,
+            serving: Serving = SERVING) -> Request:
+    return Request(name, ModelSource.model_validate(src), Conversion.model_validate(conversion or {}), serving)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    save_torchscript(CNN, d / "cnn.pt")
+    save_exported_encoder(d / "encoder.pt2")
+    save_cnn_onnx(d / "cnn.onnx")
+    save_torchscript(NaNModel, d / "nan.pt")
+    save_torchscript(WrongShape, d / "wrong.pt")
+    return d
+
+
+CASES = [
+    ({}, "model.onnx", "onnxruntime_onnx"),
+    ({"precision": "fp16"}, "model.onnx", "onnxruntime_onnx"),
+    ({"precision": "int8"}, "model.onnx", "onnxruntime_onnx"),
+    ({"precision": "int8", "int8Mode": "dynamic"}, "model.onnx", "onnxruntime_onnx"),
+    ({"target": "torchscript"}, "model.pt", "pytorch_libtorch"),
+]
+
+
+@pytest.mark.parametrize(("conversion", "artifact", "platform"), CASES, ids=[json.dumps(c[0]) for c in CASES])
+@pytest.mark.parametrize("model", ["cnn", "encoder"])
+def test_models_convert_and_pass_validation(
+    models: Path, tmp_path: Path, model: str, conversion: dict[str, Any], artifact: str, platform: str
+) -> None:
+    src = (source(str(models / "cnn.pt"), "torchscript", CNN_SIGNATURE) if model == "cnn"
+           else source(str(models / "encoder.pt2"), "pytorch", ENCODER_SIGNATURE))
+    manifest = convert(request(model, src, conversion), tmp_path / "store")
+    repo = Path(manifest["repository"])
+    assert (repo / model / "1" / artifact).is_file()
+    assert manifest["artifact"]["path"] == f"{model}/1/{artifact}"
+    assert manifest["source"]["digest"].startswith("sha256:")
+    v = manifest["validation"]
+    assert v["passed"] and v["samples"] == 32 and v["problems"] == []
+    assert 0 <= v["max_abs_error"] <= v["atol"] + v["rtol"] * 100
+    if model == "cnn":
+        assert v["top1_agreement"] is not None and v["top1_agreement"] >= 0.9
+    cfg = text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert (cfg.name, cfg.platform, cfg.max_batch_size) == (model, platform, 16)
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 250
+    assert (cfg.instance_group[0].count, cfg.instance_group[0].kind) == (2, mc.ModelInstanceGroup.KIND_GPU)
+    first_input = cfg.input[0]
+    if platform == "pytorch_libtorch":
+        assert (first_input.name, cfg.output[0].name) == ("INPUT__0", "OUTPUT__0")
+    else:
+        assert first_input.name == ("image" if model == "cnn" else "ids")
+    assert list(first_input.dims) == ([3, 32, 32] if model == "cnn" else [-1])
+    assert first_input.data_type == (mc.TYPE_FP32 if model == "cnn" else mc.TYPE_INT64)
+
+
+def test_onnx_source_and_int8_shrinks_the_model(models: Path, tmp_path: Path) -> None:
+    src = source(str(models / "cnn.onnx"), "onnx", None)
+    fp32 = convert(request("cnn", src), tmp_path / "store")
+    int8 = convert(request("cnn", src, {"precision": "int8", "int8Mode": "dynamic"}), tmp_path / "store")
+    assert fp32["validation"]["max_abs_error"] == 0.0  # an ONNX fp32 target is the source itself
+    assert int8["artifact"]["bytes"] < fp32["artifact"]["bytes"]
+
+
+def test_a_nan_model_fails_validation(models: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValidationFailed, match="NaN/Inf"):
+        convert(request("nan", source(str(models / "nan.pt"), "torchscript", CNN_SIGNATURE)), tmp_path / "s")
+
+
+def test_a_model_whose_output_shape_breaks_the_signature_fails_validation(models: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValidationFailed, match=r"output logits has shape \[12\] but the signature declares \[10\]"):
+        convert(request("wrong", source(str(models / "wrong.pt"), "torchscript", CNN_SIGNATURE)), tmp_path / "s")
+
+
+def test_out_of_tolerance_reports_the_numbers(models: Path, tmp_path: Path) -> None:
+    src = source(str(models / "cnn.pt"), "torchscript", CNN_SIGNATURE)
+    strict = {"pruning": {"sparsity": 0.6}, "tolerance": {"atol": 1e-6, "rtol": 0, "minTop1Agreement": 1.0}}
+    with pytest.raises(ValidationFailed) as err:
+        convert(request("cnn", src, strict), tmp_path / "s")
+    assert "max abs error" in err.value.message and "atol 1e-06" in err.value.message
+
+
+def test_pruning_reaches_the_target_sparsity(models: Path, tmp_path: Path) -> None:
+    src = source(str(models / "cnn.pt"), "torchscript", CNN_SIGNATURE)
+    loose = {"pruning": {"sparsity": 0.3}, "tolerance": {"atol": 1.0, "rtol": 1.0}}
+    manifest = convert(request("cnn", src, loose), tmp_path / "s")
+    assert manifest["validation"]["sparsity"] == pytest.approx(0.3, abs=0.01)
+
+
+def test_same_request_reuses_the_artifact(models: Path, tmp_path: Path) -> None:
+    src = source(str(models / "cnn.pt"), "torchscript", CNN_SIGNATURE)
+    first = convert(request("cnn", src), tmp_path / "store")
+    again = convert(request("cnn", src), tmp_path / "store")
+    other = convert(request("cnn", src, {"precision": "fp16"}), tmp_path / "store")
+    assert (first["reused"], again["reused"], other["reused"]) == (False, True, False)
+    assert first["key"] == again["key"] != other["key"]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == sorted([first["key"], other["key"]])
+
+
+def test_pickled_modules_are_refused(models: Path, tmp_path: Path) -> None:
+    pickled = tmp_path / "model.pt"
+    torch.save(CNN(), pickled)
+    with pytest.raises(SourceRefused, match="arbitrary code"):
+        convert(request("p", source(str(pickled), "pytorch", CNN_SIGNATURE)), tmp_path / "s")
+    with pytest.raises(SourceRefused, match="not a TorchScript archive"):
+        convert(request("p", source(str(pickled), "torchscript", CNN_SIGNATURE)), tmp_path / "s")
+    with pytest.raises(SourceRefused, match="not a plain state_dict"):
+        convert(request("p", source(str(pickled), "pytorch", CNN_SIGNATURE),
+                        {"modelClass": "convert_models:CNN"}), tmp_path / "s")
+
+
+def test_state_dict_with_a_named_class_is_loaded_safely(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weights = tmp_path / "cnn.pth"
+    torch.save(CNN().state_dict(), weights)
+    manifest = convert(request("cnn", source(str(weights), "pytorch", CNN_SIGNATURE),
+                               {"modelClass": "convert_models:CNN"}), tmp_path / "s")
+    assert manifest["validation"]["passed"]
+
+
+def test_tensorrt_without_a_gpu_is_unsupported_not_a_crash(models: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConversionUnsupported, match="needs a GPU"):
+        convert(request("cnn", source(str(models / "cnn.pt"), "torchscript", CNN_SIGNATURE),
+                        {"target": "tensorrt"}), tmp_path / "s")
+
+
+def test_user_samples_are_used(models: Path, tmp_path: Path) -> None:
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, image=np.random.default_rng(1).standard_normal((5, 3, 32, 32)).astype(np.float32))
+    manifest = convert(request("cnn", source(str(models / "cnn.pt"), "torchscript", CNN_SIGNATURE),
+                               {"samples": {"uri": str(samples)}}), tmp_path / "s")
+    assert manifest["validation"]["samples"] == 5
