@@ -44,8 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("docs", help="print the API reference (docs/api.md) in Markdown")
     render = sub.add_parser("render", help="print the child objects the operator creates for a manifest")
     render.add_argument("-f", "--filename", required=True, help="manifest file, or - for standard input")
+    convert = sub.add_parser("convert", help="convert and validate a manifest's model locally (converter extra)")
+    try:
+        from modelyard.convert.main import add_arguments
+
+        add_arguments(convert)
+    except ImportError:  # without torch & co. the subcommand says what is missing when used
+        convert.add_argument("rest", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
+    if args.command == "convert":
+        try:
+            from modelyard.convert.main import run
+        except ImportError as exc:
+            print(f"modelyard convert needs the converter extra: pip install 'modelyard[converter]' ({exc})",
+                  file=sys.stderr)
+            return 2
+        return run(args.filename, args.store, args.flavour, args.termination_log)
     if args.command == "crd":
         sys.stdout.write(model_deployment_crd_yaml())
         return 0

@@ -1,0 +1,97 @@
+"""A real tritonserver on loopback, from the nvidia-pytriton wheel (Triton 2.51, CPU, python backend).
+
+The wheel ships the server, the python backend and one backend stub per Python version; the stub for this
+interpreter goes into a private backend directory, and the wheel's bundled libraries onto LD_LIBRARY_PATH.
+A missing wheel is an error that says so, never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class TritonMissing(RuntimeError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def triton_home() -> Path:
+    try:
+        import pytriton
+    except ImportError as exc:
+        raise TritonMissing("tritonserver comes from the nvidia-pytriton wheel, which is not installed "
+                            "(pip install -e '.[test]')") from exc
+    home = Path(pytriton.__file__).parent / "tritonserver"
+    if not (home / "bin" / "tritonserver").is_file():
+        raise TritonMissing(f"no tritonserver binary in {home}")
+    return home
+
+
+@dataclass
+class Triton:
+    repository: Path
+    workdir: Path
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, timeout: float = 120) -> Triton:
+        home = triton_home()
+        backends = self.workdir / "backends"
+        shutil.copytree(home / "backends", backends, dirs_exist_ok=True)
+        stub = home / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+        shutil.copy(stub / "triton_python_backend_stub", backends / "python" / "triton_python_backend_stub")
+        libs = Path(home).parent.parent / "nvidia_pytriton.libs"
+        self.http_port, self.grpc_port, self.metrics_port = _free_port(), _free_port(), _free_port()
+        env = {**os.environ,
+               "LD_LIBRARY_PATH": f"{libs}:{os.environ.get('LD_LIBRARY_PATH', '')}",
+               # The python backend's stub runs this interpreter's packages (numpy, onnxruntime).
+               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+               "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        log = open(self.workdir / "tritonserver.log", "wb")  # noqa: SIM115 (the process owns it)
+        self.proc = subprocess.Popen(
+            [str(home / "bin" / "tritonserver"), f"--model-repository={self.repository}",
+             f"--backend-directory={backends}", "--http-address=127.0.0.1", f"--http-port={self.http_port}",
+             "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}", "--metrics-address=127.0.0.1",
+             f"--metrics-port={self.metrics_port}", "--exit-on-error=true", "--strict-readiness=true"],
+            stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise TritonMissing(f"tritonserver exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/v2/health/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TritonMissing(f"tritonserver was not ready in {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        path = self.workdir / "tritonserver.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

@@ -1,0 +1,96 @@
+"""Run one conversion from a ModelDeployment manifest: `modelyard convert` and the converter container.
+
+The converter container runs `python -m modelyard.convert.main -f /etc/modelyard/request.yaml --store DIR
+--termination-log /dev/termination-log`: the result goes to the container's termination message as compact
+JSON (Kubernetes keeps 4 KiB of it), which is how the operator reads it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from modelyard.api.v1alpha1 import KIND, ModelDeployment
+from modelyard.api.v1alpha1.conversion import Conversion
+from modelyard.convert.errors import ConversionError
+from modelyard.convert.pipeline import Request, convert
+
+TERMINATION_LIMIT = 4096
+
+
+def request_from_manifest(doc: dict[str, Any], flavour: str = "native") -> Request:
+    """A ModelDeployment manifest (with an optional spec.conversion section) -> a conversion request."""
+    doc = json.loads(json.dumps(doc))
+    conversion = Conversion.model_validate(doc.get("spec", {}).pop("conversion", None) or {})
+    doc.setdefault("metadata", {}).setdefault("namespace", "default")
+    md = ModelDeployment.model_validate(doc)
+    return Request(md.metadata.name, md.spec.model, conversion, md.spec.serving, flavour=flavour)
+
+
+def result_message(manifest: dict[str, Any] | None, error: ConversionError | None) -> dict[str, Any]:
+    """The compact result: what the Converted and Validated conditions need, within the termination limit."""
+    if error is not None:
+        return {"ok": False, "reason": error.reason, "message": error.message[:3000]}
+    assert manifest is not None
+    v = manifest.get("validation", {})
+    return {
+        "ok": True,
+        "key": manifest["key"],
+        "reused": manifest.get("reused", False),
+        "artifact": manifest["artifact"],
+        "validation": {k: v.get(k) for k in ("samples", "max_abs_error", "max_rel_error", "top1_agreement",
+                                             "atol", "rtol", "skipped", "sparsity") if k in v},
+    }
+
+
+def run(manifest_path: str, store: Path, flavour: str, termination_log: Path | None) -> int:
+    with sys.stdin if manifest_path == "-" else open(manifest_path, encoding="utf-8") as fh:
+        docs = [d for d in yaml.safe_load_all(fh) if d and d.get("kind") == KIND]
+    if len(docs) != 1:
+        print(f"modelyard convert: expected one {KIND} in {manifest_path}, found {len(docs)}", file=sys.stderr)
+        return 2
+    try:
+        request = request_from_manifest(docs[0], flavour)
+    except ValidationError as exc:
+        print(f"modelyard convert: the manifest is invalid:\n{exc}", file=sys.stderr)
+        return 2
+    manifest, error = None, None
+    try:
+        manifest = convert(request, store)
+    except ConversionError as exc:
+        error = exc
+    result = result_message(manifest, error)
+    text = json.dumps(result, separators=(",", ":"))
+    if termination_log is not None:
+        termination_log.write_text(text[:TERMINATION_LIMIT])
+    print(json.dumps(manifest if manifest else result, indent=2, sort_keys=True))
+    if error is not None:
+        print(f"modelyard convert: {error.reason}: {error.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", "--filename", required=True, help="ModelDeployment manifest, or - for standard input")
+    parser.add_argument("--out", "--store", dest="store", required=True, type=Path,
+                        help="repository store: the result lands in STORE/<key>/")
+    parser.add_argument("--flavour", choices=["native", "python"], default="native",
+                        help="python: serve ONNX through Triton's python backend (CPU Triton without onnxruntime)")
+    parser.add_argument("--termination-log", type=Path, default=None, help="write the compact result here too")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="modelyard-convert", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    return run(args.filename, args.store, args.flavour, args.termination_log)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

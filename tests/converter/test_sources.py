@@ -1,0 +1,117 @@
+"""Reading sources over HTTP and from a real S3-compatible server process (moto's server mode), not a mock."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import boto3
+import pytest
+
+from convert_models import CNN, CNN_SIGNATURE, save_torchscript, source
+from localcluster import free_port
+from modelyard.api.v1alpha1 import ModelSource, Serving
+from modelyard.api.v1alpha1.conversion import Conversion
+from modelyard.convert.errors import SourceUnavailable
+from modelyard.convert.pipeline import Request, convert
+from modelyard.convert.sources import digest
+
+pytestmark = [pytest.mark.converter, pytest.mark.filterwarnings("ignore")]
+warnings.filterwarnings("ignore")
+SECRET = "s3cr3t-never-in-logs"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("src")
+    save_torchscript(CNN, d / "cnn.pt")
+    return d
+
+
+@pytest.fixture(scope="module")
+def s3(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    assert exe, "moto_server is missing: the test extra installs moto[server]"
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "modelyard", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": endpoint}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="models")
+        client.upload_file(str(model_dir / "cnn.pt"), "models", "cnn/cnn.pt")
+        for rel in ("saved_model.pb", "variables/variables.index"):
+            client.put_object(Bucket="models", Key=f"tf/savedmodel/{rel}", Body=b"not really tensorflow")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def req(src: dict[str, object]) -> Request:
+    return Request("cnn", ModelSource.model_validate(src), Conversion(), Serving(gpus=0))
+
+
+def test_s3_source_converts_and_keeps_credentials_out(s3: str, model_dir: Path, tmp_path: Path) -> None:
+    manifest = convert(req(source("s3://models/cnn/cnn.pt", "torchscript", CNN_SIGNATURE)), tmp_path / "store")
+    assert manifest["source"]["digest"] == f"sha256:{digest(model_dir / 'cnn.pt')}"
+    assert manifest["validation"]["passed"]
+    written = json.dumps(manifest) + (Path(manifest["repository"]) / "manifest.json").read_text()
+    assert SECRET not in written and "modelyard" not in json.dumps(manifest["source"])
+
+
+def test_s3_prefix_savedmodel_is_passed_through(s3: str, tmp_path: Path) -> None:
+    src = {"uri": "s3://models/tf/savedmodel", "format": "tensorflow-savedmodel"}
+    manifest = convert(Request("tf", ModelSource.model_validate(src), Conversion(), Serving(gpus=0)),
+                       tmp_path / "store")
+    repo = Path(manifest["repository"])
+    assert (repo / "tf" / "1" / "model.savedmodel" / "variables" / "variables.index").is_file()
+    assert 'platform: "tensorflow_savedmodel"' in (repo / "tf" / "config.pbtxt").read_text()
+
+
+def test_missing_s3_object_is_source_unavailable(s3: str, tmp_path: Path) -> None:
+    with pytest.raises(SourceUnavailable, match="s3://models/nope"):
+        convert(req(source("s3://models/nope.pt", "torchscript", CNN_SIGNATURE)), tmp_path / "store")
+
+
+def test_http_source(model_dir: Path, tmp_path: Path) -> None:
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(model_dir))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/cnn.pt"
+        manifest = convert(req(source(url, "torchscript", CNN_SIGNATURE)), tmp_path / "store")
+        assert manifest["validation"]["passed"]
+        with pytest.raises(SourceUnavailable, match="cannot download"):
+            convert(req(source(url.replace("cnn.pt", "gone.pt"), "torchscript", CNN_SIGNATURE)), tmp_path / "s2")
+    finally:
+        server.shutdown()

@@ -1,0 +1,89 @@
+"""A real tritonserver loads the converter's repository and answers, over HTTP and gRPC, like the source model."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+
+from convert_models import CNN, CNN_SIGNATURE, ENCODER_SIGNATURE, save_exported_encoder, save_torchscript, source
+from modelyard.api.v1alpha1 import ModelSource, Serving
+from modelyard.api.v1alpha1.conversion import Conversion
+from modelyard.convert.pipeline import Request, convert
+from tritonlocal import Triton
+
+pytestmark = [pytest.mark.triton, pytest.mark.filterwarnings("ignore")]
+warnings.filterwarnings("ignore")
+
+CPU = Serving.model_validate({"gpus": 0, "maxBatchSize": 8})
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Triton, dict[str, torch.nn.Module]]]:
+    d = tmp_path_factory.mktemp("triton")
+    cnn = save_torchscript(CNN, d / "cnn.pt")
+    encoder = save_exported_encoder(d / "encoder.pt2")
+    repo = d / "repository"
+    repo.mkdir()
+    for name, src, conv in (
+        ("cnn", source(str(d / "cnn.pt"), "torchscript", CNN_SIGNATURE), {}),
+        ("cnn_int8", source(str(d / "cnn.pt"), "torchscript", CNN_SIGNATURE), {"precision": "int8"}),
+        ("encoder", source(str(d / "encoder.pt2"), "pytorch", ENCODER_SIGNATURE), {"precision": "fp16"}),
+    ):
+        manifest = convert(Request(name, ModelSource.model_validate(src), Conversion.model_validate(conv), CPU,
+                                   flavour="python"), d / "store")
+        (repo / name).symlink_to(Path(manifest["repository"]) / name)
+    triton = Triton(repo, d).start()
+    try:
+        yield triton, {"cnn": cnn, "cnn_int8": cnn, "encoder": encoder}
+    finally:
+        triton.stop()
+
+
+def _source_out(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize(("name", "atol", "rtol"), [("cnn", 1e-4, 1e-3), ("cnn_int8", 0.25, 0.25)])
+def test_cnn_over_http_matches_the_source(served: tuple[Triton, dict[str, torch.nn.Module]], name: str,
+                                          atol: float, rtol: float) -> None:
+    triton, models = served
+    x = np.random.default_rng(7).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    inp = httpclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    got = client.infer(name, [inp]).as_numpy("logits")
+    want = _source_out(models[name], x)
+    assert got.shape == want.shape == (4, 10)
+    # The converter's own defaults for fp32 and int8: what it validated, the server must deliver.
+    np.testing.assert_allclose(got, want, atol=atol, rtol=rtol)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.75
+
+
+def test_encoder_over_grpc_matches_the_source(served: tuple[Triton, dict[str, torch.nn.Module]]) -> None:
+    triton, models = served
+    ids = np.random.default_rng(3).integers(0, 100, (2, 12)).astype(np.int64)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
+    inp = grpcclient.InferInput("ids", list(ids.shape), "INT64")
+    inp.set_data_from_numpy(ids)
+    got = client.infer("encoder", [inp]).as_numpy("pooled")
+    want = _source_out(models["encoder"], ids)
+    np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
+
+
+def test_triton_reports_the_models_ready_and_exposes_metrics(served: tuple[Triton, dict[str, torch.nn.Module]]) -> None:
+    triton, _ = served
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    for name in ("cnn", "cnn_int8", "encoder"):
+        assert client.is_model_ready(name)
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=5) as resp:
+        assert b"nv_inference_request_success" in resp.read()
