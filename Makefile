@@ -34,7 +34,7 @@ crds: venv ## Regenerate crds/, the chart's copy and docs/api.md from the pydant
 
 .PHONY: lint
 lint: venv ## ruff, mypy --strict and the import-layer contracts
-	$(BIN)/ruff check operator hack tests
+	$(BIN)/ruff check operator hack tests bench
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
@@ -65,3 +65,7 @@ demo: venv control-plane ## Local control plane + operator + examples/, wait for
 .PHONY: kind-e2e
 kind-e2e: ## The same on kind, for machines with Docker (not run in CI)
 	@bash hack/kind-e2e.sh
+
+.PHONY: bench
+bench: venv ## Benchmarks: ratios measured in one run (bench/convert.py)
+	$(BIN)/python bench/convert.py

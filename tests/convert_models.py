@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,23 @@ class CNN(torch.nn.Module):
         x = torch.relu(self.conv1(x))
         x = torch.relu(self.conv2(x))
         return self.head(x.mean(dim=(2, 3)))
+
+
+class ReferenceCNN(torch.nn.Module):
+    """The benchmark's CNN: a small VGG-style classifier (about 0.3 M parameters) on 3x32x32 images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        channels = [3, 32, 64, 128]
+        for c_in, c_out in itertools.pairwise(channels):
+            layers += [torch.nn.Conv2d(c_in, c_out, 3, padding=1), torch.nn.ReLU(),
+                       torch.nn.Conv2d(c_out, c_out, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+        self.features = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Linear(128, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
 
 
 class Encoder(torch.nn.Module):
