@@ -306,7 +306,7 @@ class LocalCluster:
                 *common,
                 f"--service-account-private-key-file={p / 'sa.key'}",
                 f"--root-ca-file={p / 'ca.crt'}",
-                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-persistentvolume-binder",
+                "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
                 "--concurrent-gc-syncs=5",
                 # Fake nodes on a busy 2-core machine: do not evict pods over a late heartbeat.
                 "--node-monitor-grace-period=2m",

@@ -17,6 +17,7 @@ from modelyard.api.names import revision_of
 from modelyard.api.reference import api_reference_markdown
 from modelyard.api.v1alpha1 import KIND, ModelDeployment
 from modelyard.render.triton import UnservableSource, render_children
+from modelyard.settings import Settings
 
 
 def _load_manifests(path: str) -> list[dict[str, Any]]:
@@ -34,7 +35,7 @@ def render_manifest(doc: dict[str, Any]) -> list[dict[str, Any]]:
     meta.setdefault("uid", str(uuid.UUID(int=0)))
     doc["metadata"] = meta
     md = ModelDeployment.model_validate(doc)
-    return render_children(md, revision_of(md.spec))
+    return render_children(md, revision_of(md.spec), Settings.from_env().converter_image)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"modelyard convert needs the converter extra: pip install 'modelyard[converter]' ({exc})",
                   file=sys.stderr)
             return 2
-        return run(args.filename, args.store, args.flavour, args.termination_log)
+        return run(args.filename, args.store, args.flavour, args.termination_log, args.manifest_json,
+                   args.source_root)
     if args.command == "crd":
         sys.stdout.write(model_deployment_crd_yaml())
         return 0

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from modelyard import __version__
 from modelyard.api.names import FIELD_MANAGER
+
+DEFAULT_CONVERTER_IMAGE = f"ghcr.io/modelyard/converter:{__version__}"
 
 
 @dataclass(frozen=True)
@@ -15,6 +18,8 @@ class Settings:
     """How often every ModelDeployment is reconciled even without an event (a no-op when nothing changed)."""
     kubeconfig: str | None = None
     metrics_port: int = 8080
+    converter_image: str = DEFAULT_CONVERTER_IMAGE
+    """Image of the conversion Jobs (runtime/converter/Dockerfile)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -24,4 +29,5 @@ class Settings:
             resync_seconds=float(env.get("MODELYARD_RESYNC_SECONDS", "60")),
             kubeconfig=env.get("KUBECONFIG") or None,
             metrics_port=int(env.get("MODELYARD_METRICS_PORT", "8080")),
+            converter_image=env.get("MODELYARD_CONVERTER_IMAGE", DEFAULT_CONVERTER_IMAGE),
         )

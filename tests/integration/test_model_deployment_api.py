@@ -81,6 +81,10 @@ INVALID = [
     ("spec.model.uri", "pvc://Bad_Claim/x", "a pvc:// URI is pvc://<claim-name>/<path>"),
     ("spec.model.credentialsSecretRef", {"name": "creds"}, "model.credentialsSecretRef applies to s3://"),
     ("spec.model.format", "pickle", 'Unsupported value: "pickle"'),
+    ("spec.model.uri", "https://models.example.com/m.onnx", "an http(s):// model is fetched by the conversion stage"),
+    ("spec.conversion", {"precision": "int8"}, "conversion.store (pvc://<claim>/<path>) is required"),
+    ("spec.conversion", {"store": "s3://bucket/x"}, "conversion.store is pvc://<claim-name>/<path>"),
+    ("spec.conversion", {"store": "pvc://s/x", "precision": "int4"}, 'Unsupported value: "int4"'),
     ("spec.serving.maxBatchSize", 0, "serving.dynamicBatching needs serving.maxBatchSize > 0"),
     ("spec.serving.dynamicBatching", {"preferredBatchSizes": [4, 64]},
      "every serving.dynamicBatching.preferredBatchSizes entry must be at most serving.maxBatchSize"),
@@ -224,21 +228,6 @@ def test_operator_never_writes_the_spec(
     assert not after["metadata"].get("finalizers")
     managers = {m["manager"]: m.get("subresource", "") for m in after["metadata"]["managedFields"]}
     assert managers[FIELD_MANAGER] == "status"
-
-
-def test_unservable_source_is_reported_not_crashed(
-    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
-) -> None:
-    manifest = model_deployment("http", namespace)
-    manifest["spec"]["model"]["uri"] = "https://models.example.com/resnet.onnx"
-    apply(cluster, manifest)
-    outcome = reconcile(admin, operator_kube, namespace, "http")
-    assert not outcome.ready
-    body = admin.get(MODEL_DEPLOYMENTS, namespace, "http")
-    assert body is not None
-    cond = ready_condition(body)
-    assert cond is not None and cond["reason"] == "SourceUnsupported" and "pvc://" in cond["message"]
-    assert admin.list_by_labels(DEPLOYMENTS, namespace, {"modelyard.dev/deployment": "http"}) == []
 
 
 def test_deleting_the_model_deployment_removes_its_children(

@@ -35,7 +35,7 @@ def test_revision_is_stable_and_ignores_replicas() -> None:
     assert revision_of(spec()) == revision_of(spec())
     assert revision_of(spec(replicas=5)) == revision_of(spec(replicas=1))
     # Pinned: a change here rolls every deployed model to a new revision on upgrade.
-    assert revision_of(spec()) == "66bfe4113a"
+    assert revision_of(spec()) == "30508d4d9d"
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,9 @@ def _walk(node: dict[str, Any], path: str = "") -> list[str]:
     for banned in ("$ref", "anyOf", "allOf", "oneOf", "title"):
         if banned in node:
             problems.append(f"{path}: {banned}")
+    for flag in ("exclusiveMinimum", "exclusiveMaximum"):
+        if flag in node and not isinstance(node[flag], bool):
+            problems.append(f"{path}: {flag} must be a boolean in OpenAPI v3.0")
     typed = "type" in node or node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
     if not typed:
         problems.append(f"{path}: no type")

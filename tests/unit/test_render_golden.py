@@ -14,7 +14,7 @@ from modelyard.cli import render_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if "ModelDeployment" in p.read_text())
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("**/*.yaml") if "ModelDeployment" in p.read_text())
 
 
 def _check(name: str, text: str) -> None:

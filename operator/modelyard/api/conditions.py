@@ -12,6 +12,10 @@ from pydantic.alias_generators import to_camel
 class ConditionType(StrEnum):
     READY = "Ready"
     """The revision the spec asks for serves all traffic with every replica ready."""
+    CONVERTED = "Converted"
+    """With spec.conversion: the latest revision's model was converted (the message names the artifact)."""
+    VALIDATED = "Validated"
+    """With spec.conversion: the converted model computes what the source computes (the message has the numbers)."""
 
 
 class Reason(StrEnum):
@@ -31,6 +35,15 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     APPLY_REJECTED = "ApplyRejected"
     NAME_CONFLICT = "NameConflict"
+    # The conversion stage
+    CONVERTING = "Converting"
+    CONVERTED = "Converted"
+    VALIDATED = "Validated"
+    VALIDATION_FAILED = "ValidationFailed"
+    CONVERSION_UNSUPPORTED = "ConversionUnsupported"
+    SOURCE_REFUSED = "SourceRefused"
+    SOURCE_UNAVAILABLE = "SourceUnavailable"
+    CONVERSION_FAILED = "ConversionFailed"
 
 
 WAITING_REASONS: frozenset[str] = frozenset(

@@ -46,6 +46,10 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             continue
         if key == "const":
             out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            # JSON Schema 2020-12 (pydantic) writes the bound; OpenAPI v3.0 (CRDs) wants the bound plus a flag.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         elif key == "default":
             if value is None:
                 continue

@@ -40,7 +40,8 @@ def revision_of(spec: ModelDeploymentSpec) -> str:
 
     Replica count is left out: scaling a revision is not a new revision.
     """
-    served = spec.model_dump(mode="json", by_alias=True, exclude={"serving": {"replicas"}})
+    # exclude_none: a new optional field, unset, does not roll every deployed model to a new revision.
+    served = spec.model_dump(mode="json", by_alias=True, exclude={"serving": {"replicas"}}, exclude_none=True)
     return _digest(served)[:REVISION_LENGTH]
 
 
@@ -54,6 +55,11 @@ def revision_object_name(md: ModelDeployment, revision: str) -> str:
     return f"{md.metadata.name}-{revision}"
 
 
+def conversion_job_name(md: ModelDeployment, revision: str) -> str:
+    """Name of a revision's conversion Job: <modeldeployment>-<revision>-convert (at most 59 characters)."""
+    return f"{md.metadata.name}-{revision}-convert"
+
+
 def service_name(md: ModelDeployment) -> str:
     return md.metadata.name
 
@@ -63,11 +69,20 @@ def selector_labels(md: ModelDeployment) -> dict[str, str]:
     return {LABEL_DEPLOYMENT: md.metadata.name}
 
 
-def common_labels(md: ModelDeployment) -> dict[str, str]:
+COMPONENT_SERVER = "inference-server"
+COMPONENT_CONVERTER = "converter"
+
+
+def server_selector(md: ModelDeployment, revision: str) -> dict[str, str]:
+    """The Triton pods of one revision (and not its converter pod)."""
+    return {**selector_labels(md), LABEL_COMPONENT: COMPONENT_SERVER, LABEL_REVISION: revision}
+
+
+def common_labels(md: ModelDeployment, component: str = COMPONENT_SERVER) -> dict[str, str]:
     return {
-        LABEL_NAME: "triton",
+        LABEL_NAME: "triton" if component == COMPONENT_SERVER else "modelyard-converter",
         LABEL_INSTANCE: md.metadata.name,
-        LABEL_COMPONENT: "inference-server",
+        LABEL_COMPONENT: component,
         LABEL_PART_OF: "modelyard",
         LABEL_MANAGED_BY: MANAGED_BY,
         **selector_labels(md),

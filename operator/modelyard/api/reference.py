@@ -20,12 +20,24 @@ REASONS: dict[Reason, str] = {
     Reason.CREATE_CONTAINER_CONFIG_ERROR: "The pod cannot be configured, for example the credentials Secret is "
     "missing.",
     Reason.PROGRESS_DEADLINE_EXCEEDED: "The revision did not become available within 15 minutes.",
-    Reason.SOURCE_UNSUPPORTED: "The model source cannot be served as it is (http(s) sources need the conversion "
-    "stage, not yet released).",
+    Reason.SOURCE_UNSUPPORTED: "The model source cannot be served as it is (an http(s) source without "
+    "spec.conversion).",
     Reason.INVALID_SPEC: "The spec passed the CRD schema but not the operator's own model (an operator/CRD "
     "version mismatch).",
     Reason.APPLY_REJECTED: "The API server refused a child object; the message quotes it.",
     Reason.NAME_CONFLICT: "A Service with the model's name exists and belongs to something else.",
+    Reason.CONVERTING: "The latest revision's conversion Job is running; the serving revision keeps serving.",
+    Reason.CONVERTED: "Converted=True: the artifact, its size and digest are in the message.",
+    Reason.VALIDATED: "Validated=True: samples, max abs/rel error and top-1 agreement are in the message.",
+    Reason.VALIDATION_FAILED: "The converted model does not compute what the source does (numbers in the "
+    "message: error beyond tolerance, NaN/Inf, a shape that breaks the signature); it is not served.",
+    Reason.CONVERSION_UNSUPPORTED: "The target or precision cannot be produced (TensorRT without a GPU, int8 "
+    "TorchScript).",
+    Reason.SOURCE_REFUSED: "The source would have to be unpickled as code; save it with torch.export or "
+    "torch.jit, or name conversion.modelClass for a state_dict.",
+    Reason.SOURCE_UNAVAILABLE: "The source cannot be read (missing object, wrong credentials).",
+    Reason.CONVERSION_FAILED: "The conversion Job failed without a result (deadline, out of memory, crash); the "
+    "message quotes the Job or the container's last words.",
 }
 
 

@@ -20,6 +20,7 @@ from modelyard.api.v1alpha1 import KIND, ModelDeployment
 from modelyard.api.v1alpha1.conversion import Conversion
 from modelyard.convert.errors import ConversionError
 from modelyard.convert.pipeline import Request, convert
+from modelyard.convert.sources import PVC_MOUNT
 
 TERMINATION_LIMIT = 4096
 
@@ -49,9 +50,13 @@ def result_message(manifest: dict[str, Any] | None, error: ConversionError | Non
     }
 
 
-def run(manifest_path: str, store: Path, flavour: str, termination_log: Path | None) -> int:
-    with sys.stdin if manifest_path == "-" else open(manifest_path, encoding="utf-8") as fh:
-        docs = [d for d in yaml.safe_load_all(fh) if d and d.get("kind") == KIND]
+def run(manifest_path: str | None, store: Path, flavour: str, termination_log: Path | None,
+        manifest_json: str | None = None, source_root: Path = PVC_MOUNT) -> int:
+    if manifest_json is not None:
+        docs = [json.loads(manifest_json)]
+    else:
+        with sys.stdin if manifest_path == "-" else open(str(manifest_path), encoding="utf-8") as fh:
+            docs = [d for d in yaml.safe_load_all(fh) if d and d.get("kind") == KIND]
     if len(docs) != 1:
         print(f"modelyard convert: expected one {KIND} in {manifest_path}, found {len(docs)}", file=sys.stderr)
         return 2
@@ -59,10 +64,13 @@ def run(manifest_path: str, store: Path, flavour: str, termination_log: Path | N
         request = request_from_manifest(docs[0], flavour)
     except ValidationError as exc:
         print(f"modelyard convert: the manifest is invalid:\n{exc}", file=sys.stderr)
+        if termination_log is not None:
+            result = {"ok": False, "reason": "InvalidRequest", "message": str(exc)[:3000]}
+            termination_log.write_text(json.dumps(result, separators=(",", ":")))
         return 2
     manifest, error = None, None
     try:
-        manifest = convert(request, store)
+        manifest = convert(request, store, source_root=source_root)
     except ConversionError as exc:
         error = exc
     result = result_message(manifest, error)
@@ -77,7 +85,11 @@ def run(manifest_path: str, store: Path, flavour: str, termination_log: Path | N
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-f", "--filename", required=True, help="ModelDeployment manifest, or - for standard input")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("-f", "--filename", help="ModelDeployment manifest, or - for standard input")
+    source.add_argument("--manifest-json", help="the ModelDeployment as JSON (how the conversion Job passes it)")
+    parser.add_argument("--source-root", type=Path, default=PVC_MOUNT,
+                        help="where a pvc:// source's claim is mounted (default %(default)s)")
     parser.add_argument("--out", "--store", dest="store", required=True, type=Path,
                         help="repository store: the result lands in STORE/<key>/")
     parser.add_argument("--flavour", choices=["native", "python"], default="native",
@@ -89,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelyard-convert", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    return run(args.filename, args.store, args.flavour, args.termination_log)
+    return run(args.filename, args.store, args.flavour, args.termination_log, args.manifest_json, args.source_root)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from modelyard.api.v1alpha1 import ModelFormat, ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion, Precision, Target
 from modelyard.convert import CONVERTER_VERSION
 from modelyard.convert.models import Runnable, Tensor, load_source, onnx_runnable, torchscript_runnable
-from modelyard.convert.sources import digest, fetch
+from modelyard.convert.sources import PVC_MOUNT, digest, fetch
 from modelyard.convert.transform import check_supported, export_onnx, export_torchscript, prune, to_fp16, to_int8
 from modelyard.convert.tritonconfig import model_config, to_pbtxt
 from modelyard.convert.validate import batches, make_samples, validate
@@ -59,12 +59,14 @@ def _sha256(path: Path) -> str:
     return digest(path)
 
 
-def convert(request: Request, store: Path, workdir: Path | None = None) -> dict[str, Any]:
+def convert(
+    request: Request, store: Path, workdir: Path | None = None, source_root: Path = PVC_MOUNT
+) -> dict[str, Any]:
     """Convert and publish under `store/<key>/`; return the manifest (with `reused` true when it already existed)."""
     check_supported(request.conversion)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         scratch = Path(tmp)
-        source_path = fetch(request.source.uri, scratch)
+        source_path = fetch(request.source.uri, scratch, pvc_root=source_root)
         source_digest = digest(source_path)
         key = request.key(source_digest)
         final = store / key

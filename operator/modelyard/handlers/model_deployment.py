@@ -54,7 +54,7 @@ def reconcile_key(namespace: str, name: str) -> None:
             report_invalid_spec(_kube(), body, f"the spec does not parse: {exc.errors(include_url=False)}"[:2000])
             return
         try:
-            reconcile_model_deployment(_kube(), md)
+            reconcile_model_deployment(_kube(), md, converter_image=_state["settings"].converter_image)
         except ApiException as exc:
             # Conflicts, 5xx, throttling: the next event or resync tries again.
             RECONCILE_ERRORS.labels(kind=f"api_{exc.status}").inc()
@@ -112,6 +112,7 @@ _CHILD_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_DEPLOYMENT:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=_CHILD_LABELS)
+@kopf.on.event("batch", "v1", "jobs", labels=_CHILD_LABELS)
 @kopf.on.event("", "v1", "pods", labels=_CHILD_LABELS)
 def child_event(body: kopf.Body, **_: Any) -> None:
     """A child changed (pods scheduled, replicas ready): reconcile its owner."""

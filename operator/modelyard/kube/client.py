@@ -42,9 +42,10 @@ DEPLOYMENTS = Resource("apps", "v1", "deployments")
 SERVICES = Resource("", "v1", "services")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("events.k8s.io", "v1", "events")
+JOBS = Resource("batch", "v1", "jobs")
 MODEL_DEPLOYMENTS = Resource(GROUP, VERSION, PLURAL)
 
-_BY_KIND = {("apps/v1", "Deployment"): DEPLOYMENTS, ("v1", "Service"): SERVICES}
+_BY_KIND = {("apps/v1", "Deployment"): DEPLOYMENTS, ("v1", "Service"): SERVICES, ("batch/v1", "Job"): JOBS}
 
 
 def resource_of(obj: Obj) -> Resource:

@@ -16,8 +16,18 @@ from typing import Any
 
 from kubernetes.client import ApiException
 
-from modelyard.api.conditions import ConditionType, Reason
-from modelyard.api.names import LABEL_REVISION, revision_of, selector_labels, service_name, url_of
+from modelyard.api.conditions import Condition, ConditionType, Reason
+from modelyard.api.names import (
+    COMPONENT_CONVERTER,
+    COMPONENT_SERVER,
+    LABEL_COMPONENT,
+    LABEL_REVISION,
+    revision_of,
+    selector_labels,
+    server_selector,
+    service_name,
+    url_of,
+)
 from modelyard.api.v1alpha1 import (
     API_VERSION,
     KIND,
@@ -28,9 +38,12 @@ from modelyard.api.v1alpha1 import (
     RevisionStatus,
 )
 from modelyard.kube.apply import ensure
-from modelyard.kube.client import DEPLOYMENTS, PODS, SERVICES, Kube, Obj
+from modelyard.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, Kube, Obj, Resource
+from modelyard.render.conversion import render_conversion_job
 from modelyard.render.triton import UnservableSource, render_service, render_triton_deployment
+from modelyard.settings import DEFAULT_CONVERTER_IMAGE
 from modelyard.status.conditions import Clock, set_condition, transitions, utc_now
+from modelyard.status.conversion import ConversionState, describe_artifact, describe_validation, observe_conversion
 from modelyard.status.revision import RevisionState, observe_revision
 
 log = logging.getLogger(__name__)
@@ -60,9 +73,10 @@ def _owned_by(obj: Obj, md: ModelDeployment) -> bool:
     return any(ref.get("uid") == md.metadata.uid for ref in refs)
 
 
-def _revision_status(state: RevisionState, traffic: int) -> RevisionStatus:
+def _revision_status(state: RevisionState, traffic: int, repository: str | None = None) -> RevisionStatus:
     return RevisionStatus(
-        name=state.revision, replicas=state.replicas, ready_replicas=state.ready_replicas, traffic_percent=traffic
+        name=state.revision, replicas=state.replicas, ready_replicas=state.ready_replicas, traffic_percent=traffic,
+        model_repository=repository,
     )
 
 
@@ -79,8 +93,8 @@ class _Writer:
             self.count += 1
         return result
 
-    def delete_deployment(self, namespace: str, name: str) -> None:
-        self.kube.delete(DEPLOYMENTS, namespace, name)
+    def delete(self, res: Resource, namespace: str, name: str) -> None:
+        self.kube.delete(res, namespace, name)
         self.count += 1
 
 
@@ -97,13 +111,15 @@ def _apply_rejected(exc: ApiException) -> _Stop:
                  f"{(exc.body or '')[:800]}")
 
 
-def reconcile_model_deployment(kube: Kube, md: ModelDeployment, clock: Clock = utc_now) -> Outcome:
+def reconcile_model_deployment(
+    kube: Kube, md: ModelDeployment, clock: Clock = utc_now, converter_image: str = DEFAULT_CONVERTER_IMAGE
+) -> Outcome:
     """Bring one ModelDeployment's children and status in line with its spec."""
     ns = md.metadata.namespace
     revision = revision_of(md.spec)
     writer = _Writer(kube)
     try:
-        latest, serving_state = _roll_out(writer, md, revision)
+        rolled = _roll_out(writer, md, revision, converter_image)
     except _NamespaceTerminating:
         log.debug("namespace %s is terminating; leaving %s alone", ns, md.metadata.name)
         return Outcome(revision, None, False, writer.count)
@@ -112,6 +128,7 @@ def reconcile_model_deployment(kube: Kube, md: ModelDeployment, clock: Clock = u
         writes = writer.count + _write_status(kube, md.metadata, md.status, status)
         return Outcome(revision, None, False, writes)
 
+    latest, serving_state = rolled.latest, rolled.serving
     serving = serving_state.revision if serving_state else None
     ready = serving == revision and latest.available
     reason: str
@@ -121,17 +138,21 @@ def reconcile_model_deployment(kube: Kube, md: ModelDeployment, clock: Clock = u
         reason, message = latest.reason, f"revision {revision}: {latest.message}"
         if serving_state and serving != revision:
             message += f"; revision {serving} keeps serving ({serving_state.ready_replicas} ready)"
-    conditions = set_condition(
-        md.status.conditions, ConditionType.READY, ready, reason, message, md.metadata.generation, clock
-    )
+    gen = md.metadata.generation
+    conditions = set_condition(md.status.conditions, ConditionType.READY, ready, reason, message, gen, clock)
+    if rolled.conversion is not None:
+        conditions = _conversion_conditions(conditions, rolled.conversion, revision, gen, clock)
     stable = (
-        _revision_status(serving_state, 100) if serving_state and serving_state.ready_replicas > 0 else None
+        _revision_status(serving_state, 100, rolled.repositories.get(serving_state.revision))
+        if serving_state and serving_state.ready_replicas > 0 else None
     )
     status = ModelDeploymentStatus(
-        observed_generation=md.metadata.generation,
+        observed_generation=gen,
         conditions=conditions,
         revisions=RevisionsStatus(
-            stable=stable, latest=_revision_status(latest, 100 if serving == revision and stable else 0)
+            stable=stable,
+            latest=_revision_status(latest, 100 if serving == revision and stable else 0,
+                                    rolled.repositories.get(revision)),
         ),
         replicas=serving_state.replicas if serving_state else latest.replicas,
         ready_replicas=serving_state.ready_replicas if serving_state else 0,
@@ -142,19 +163,78 @@ def reconcile_model_deployment(kube: Kube, md: ModelDeployment, clock: Clock = u
     return Outcome(revision, serving, ready, writes)
 
 
-def _roll_out(writer: _Writer, md: ModelDeployment, revision: str) -> tuple[RevisionState, RevisionState | None]:
-    """Apply the latest revision, point the Service at the serving one, prune the rest."""
-    kube, ns, replicas = writer.kube, md.metadata.namespace, md.spec.serving.replicas
-    try:
-        desired = render_triton_deployment(md, revision)
-    except UnservableSource as exc:
-        raise _Stop(Reason.SOURCE_UNSUPPORTED, str(exc)) from exc
+def _conversion_conditions(
+    conditions: list[Condition], conv: ConversionState, revision: str, gen: int | None, clock: Clock
+) -> list[Condition]:
+    """Converted and Validated for the latest revision. A result recorded earlier keeps its conditions."""
+    def put(conds: list[Condition], type_: str, status: bool | str, reason: str, message: str) -> list[Condition]:
+        return set_condition(conds, type_, status, reason, f"revision {revision}: {message}", gen, clock)
 
-    by_revision = {
-        d["metadata"]["labels"][LABEL_REVISION]: d
-        for d in kube.list_by_labels(DEPLOYMENTS, ns, selector_labels(md))
-        if _owned_by(d, md) and LABEL_REVISION in d["metadata"].get("labels", {})
+    if conv.done and conv.result is None:
+        return conditions
+    if conv.done and conv.result is not None:
+        conditions = put(conditions, ConditionType.CONVERTED, True, Reason.CONVERTED, describe_artifact(conv.result))
+        return put(conditions, ConditionType.VALIDATED, True, Reason.VALIDATED, describe_validation(conv.result))
+    if not conv.failed:
+        conditions = put(conditions, ConditionType.CONVERTED, "Unknown", Reason.CONVERTING, conv.message)
+        return put(conditions, ConditionType.VALIDATED, "Unknown", Reason.CONVERTING, "waiting for the conversion")
+    if conv.reason == Reason.VALIDATION_FAILED:
+        conditions = put(conditions, ConditionType.CONVERTED, True, Reason.CONVERTED, "converted; not served")
+        return put(conditions, ConditionType.VALIDATED, False, conv.reason, conv.message)
+    conditions = put(conditions, ConditionType.CONVERTED, False, conv.reason, conv.message)
+    return put(conditions, ConditionType.VALIDATED, False, conv.reason, "nothing to validate: the conversion failed")
+
+
+@dataclass(frozen=True)
+class _RollOut:
+    latest: RevisionState
+    serving: RevisionState | None
+    conversion: ConversionState | None
+    repositories: dict[str, str]
+    """Converted model repository (pvc://claim/path/key) by revision, where known."""
+
+
+def _owned_children(kube: Kube, res: Resource, md: ModelDeployment, component: str) -> dict[str, Obj]:
+    return {
+        o["metadata"]["labels"][LABEL_REVISION]: o
+        for o in kube.list_by_labels(res, md.metadata.namespace, {**selector_labels(md), LABEL_COMPONENT: component})
+        if _owned_by(o, md) and LABEL_REVISION in o["metadata"].get("labels", {})
     }
+
+
+def _recorded_repositories(md: ModelDeployment) -> dict[str, str]:
+    revs = md.status.revisions
+    out = {}
+    for r in (revs.stable, revs.latest) if revs else ():
+        if r is not None and r.model_repository:
+            out[r.name] = r.model_repository
+    return out
+
+
+def _convert(writer: _Writer, md: ModelDeployment, revision: str, image: str,
+             repositories: dict[str, str]) -> ConversionState:
+    """Run (or read) the latest revision's conversion Job."""
+    conv = md.spec.conversion
+    assert conv is not None and conv.store
+    if revision in repositories:
+        key = repositories[revision].rsplit("/", 1)[-1]
+        return ConversionState(True, False, Reason.CONVERTED, "", key=key)
+    kube, ns = writer.kube, md.metadata.namespace
+    job = _owned_children(kube, JOBS, md, COMPONENT_CONVERTER).get(revision)
+    if job is None:
+        # A Job's pod template is immutable and the Job is a record of one run: it is created, never re-applied.
+        job = writer.ensure(None, render_conversion_job(md, revision, image))
+    pods = kube.list_by_labels(PODS, ns, {"batch.kubernetes.io/job-name": job["metadata"]["name"]})
+    state = observe_conversion(job, pods)
+    if state.done and state.key:
+        repositories[revision] = f"{conv.store.rstrip('/')}/{state.key}"
+    return state
+
+
+def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, converter_image: str) -> _RollOut:
+    """Convert if asked, apply the latest revision, point the Service at the serving one, prune the rest."""
+    kube, ns, replicas = writer.kube, md.metadata.namespace, md.spec.serving.replicas
+    by_revision = _owned_children(kube, DEPLOYMENTS, md, COMPONENT_SERVER)
     service = kube.get(SERVICES, ns, service_name(md))
     if service is not None and not _owned_by(service, md):
         raise _Stop(
@@ -163,11 +243,22 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str) -> tuple[Revi
             "delete or rename it so the operator can create the model's Service",
         )
     selected = (service or {}).get("spec", {}).get("selector", {}).get(LABEL_REVISION)
+    repositories = _recorded_repositories(md)
+    conversion: ConversionState | None = None
 
     try:
-        by_revision[revision] = writer.ensure(by_revision.get(revision), desired)
-        pods = kube.list_by_labels(PODS, ns, {**selector_labels(md), LABEL_REVISION: revision})
-        latest = observe_revision(revision, by_revision[revision], pods, replicas)
+        if md.spec.conversion is not None:
+            conversion = _convert(writer, md, revision, converter_image, repositories)
+        if conversion is not None and not conversion.done:
+            latest = RevisionState(revision, replicas, 0, False, conversion.reason, conversion.message)
+        else:
+            try:
+                desired = render_triton_deployment(md, revision, conversion.key if conversion else None)
+            except UnservableSource as exc:
+                raise _Stop(Reason.SOURCE_UNSUPPORTED, str(exc)) from exc
+            by_revision[revision] = writer.ensure(by_revision.get(revision), desired)
+            pods = kube.list_by_labels(PODS, ns, server_selector(md, revision))
+            latest = observe_revision(revision, by_revision[revision], pods, replicas)
 
         previous = selected if selected in by_revision and selected != revision else None
         serving = revision if latest.available or previous is None else previous
@@ -179,16 +270,21 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str) -> tuple[Revi
             raise _apply_rejected(exc) from exc
         raise
 
+    keep = (revision, serving)
     for rev, deployment in by_revision.items():
-        if rev not in (revision, serving):
+        if rev not in keep:
             log.info("pruning revision %s of %s/%s", rev, ns, md.metadata.name)
-            writer.delete_deployment(ns, deployment["metadata"]["name"])
+            writer.delete(DEPLOYMENTS, ns, deployment["metadata"]["name"])
+    if md.spec.conversion is not None or md.status.revisions:
+        for rev, job in _owned_children(kube, JOBS, md, COMPONENT_CONVERTER).items():
+            if rev not in keep:
+                writer.delete(JOBS, ns, job["metadata"]["name"])
 
     if serving == revision:
-        return latest, latest
+        return _RollOut(latest, latest if revision in by_revision else None, conversion, repositories)
     old = by_revision[serving]
     old_state = observe_revision(serving, old, [], int(old.get("spec", {}).get("replicas", replicas)))
-    return latest, old_state
+    return _RollOut(latest, old_state, conversion, repositories)
 
 
 def _failed_status(

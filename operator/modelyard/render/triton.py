@@ -15,7 +15,7 @@ from modelyard.api.names import (
     child_metadata,
     common_labels,
     revision_object_name,
-    selector_labels,
+    server_selector,
     service_name,
 )
 from modelyard.api.v1alpha1 import ModelDeployment
@@ -39,12 +39,27 @@ class ModelRepository:
     env_from: tuple[dict[str, Any], ...] = ()
 
 
-def model_repository(md: ModelDeployment) -> ModelRepository:
-    """Map spec.model.uri to Triton's --model-repository and the pod's volumes.
+def split_pvc(uri: str) -> tuple[str, str]:
+    """pvc://claim/some/path -> ("claim", "some/path")."""
+    parts = urlsplit(uri)
+    return parts.netloc, parts.path.strip("/")
 
-    pvc:// mounts the claim read-only; s3:// uses Triton's native S3 repository support, with credentials from
-    the referenced Secret as environment variables (never in the pod spec itself).
+
+def model_repository(md: ModelDeployment, converted: str | None = None) -> ModelRepository:
+    """Map the model's location to Triton's --model-repository and the pod's volumes.
+
+    With conversion, `converted` is the repository key the converter published under conversion.store, mounted
+    read-only. Without it: pvc:// mounts the claim read-only; s3:// uses Triton's native S3 repository support,
+    with credentials from the referenced Secret as environment variables (never in the pod spec itself).
     """
+    if md.spec.conversion is not None:
+        if not converted or not md.spec.conversion.store:
+            raise UnservableSource("the converted model repository is not known yet")
+        claim, sub = split_pvc(md.spec.conversion.store)
+        volume = {"name": "model-repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        mount = {"name": "model-repository", "mountPath": MODEL_MOUNT, "readOnly": True}
+        path = "/".join(p for p in (MODEL_MOUNT, sub, converted) if p)
+        return ModelRepository(path=path, volumes=(volume,), mounts=(mount,))
     uri = md.spec.model.uri
     parts = urlsplit(uri)
     if parts.scheme == "pvc":
@@ -92,12 +107,12 @@ def revision_labels(md: ModelDeployment, revision: str) -> dict[str, str]:
     return {**common_labels(md), LABEL_REVISION: revision, LABEL_METRICS: "triton"}
 
 
-def render_triton_deployment(md: ModelDeployment, revision: str) -> dict[str, Any]:
-    """The Deployment that runs Triton for one revision of the model."""
+def render_triton_deployment(md: ModelDeployment, revision: str, converted: str | None = None) -> dict[str, Any]:
+    """The Deployment that runs Triton for one revision of the model (`converted`: its repository key)."""
     serving = md.spec.serving
-    repo = model_repository(md)
+    repo = model_repository(md, converted)
     labels = revision_labels(md, revision)
-    pod_selector = {**selector_labels(md), LABEL_REVISION: revision}
+    pod_selector = server_selector(md, revision)
     container: dict[str, Any] = {
         "name": "triton",
         "image": serving.image,
@@ -194,7 +209,7 @@ def render_service(md: ModelDeployment, serving_revision: str) -> dict[str, Any]
         "metadata": child_metadata(md, service_name(md), {**common_labels(md), LABEL_METRICS: "triton"}),
         "spec": {
             "type": "ClusterIP",
-            "selector": {**selector_labels(md), LABEL_REVISION: serving_revision},
+            "selector": server_selector(md, serving_revision),
             "ports": [
                 {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
                 # gRPC is HTTP/2 without TLS: the Kubernetes-defined appProtocol for that is kubernetes.io/h2c.
@@ -206,6 +221,15 @@ def render_service(md: ModelDeployment, serving_revision: str) -> dict[str, Any]
     }
 
 
-def render_children(md: ModelDeployment, revision: str) -> list[dict[str, Any]]:
-    """Every child a freshly rolled-out revision has: what `modelyard render` prints."""
-    return [render_triton_deployment(md, revision), render_service(md, revision)]
+def render_children(md: ModelDeployment, revision: str, converter_image: str) -> list[dict[str, Any]]:
+    """Every child a new revision gets: what `modelyard render` prints. With conversion, the Job comes first and
+    the Deployment reads a placeholder repository key (the real one is known once the Job has run)."""
+    from modelyard.render.conversion import render_conversion_job
+
+    if md.spec.conversion is None:
+        return [render_triton_deployment(md, revision), render_service(md, revision)]
+    return [
+        render_conversion_job(md, revision, converter_image),
+        render_triton_deployment(md, revision, converted="<key>"),
+        render_service(md, revision),
+    ]

@@ -21,14 +21,14 @@ def rfc3339(moment: datetime) -> str:
 def set_condition(
     conditions: Sequence[Condition],
     type_: str,
-    status: bool,
+    status: bool | str,
     reason: str,
     message: str,
     generation: int | None,
     clock: Clock = utc_now,
 ) -> list[Condition]:
     """Conditions with `type_` set; the others kept in order. A new condition type is appended."""
-    value = "True" if status else "False"
+    value = status if isinstance(status, str) else ("True" if status else "False")
     previous = next((c for c in conditions if c.type == type_), None)
     since = previous.last_transition_time if previous and previous.status == value else rfc3339(clock())
     new = Condition(

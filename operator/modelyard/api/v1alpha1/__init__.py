@@ -1,5 +1,6 @@
 """ModelDeployment v1alpha1."""
 
+from modelyard.api.v1alpha1.common import ResourceRequirements, SecretReference, Toleration
 from modelyard.api.v1alpha1.types import (
     API_VERSION,
     CATEGORY,
@@ -18,13 +19,10 @@ from modelyard.api.v1alpha1.types import (
     ModelSignature,
     ModelSource,
     ObjectMeta,
-    ResourceRequirements,
     RevisionsStatus,
     RevisionStatus,
-    SecretReference,
     Serving,
     TensorSpec,
-    Toleration,
 )
 
 __all__ = [

@@ -1,19 +1,18 @@
-"""The conversion section: what the converter makes of a source model and how it proves the result.
+"""spec.conversion: what the converter makes of a source model, how it proves the result, where it publishes.
 
-Used by `modelyard convert` and the converter runtime. It becomes `spec.conversion` of a ModelDeployment when
-the operator runs conversion Jobs; until then the operator ignores it (see docs/conversion.md).
+When the section is present, each new revision first runs a conversion Job; its Triton pods are created only
+after the converted model passed validation (docs/conversion.md).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
+from modelyard.api.v1alpha1.common import ResourceRequirements, Spec, Toleration, cel
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+_Spec = Spec
 
 
 class Target(StrEnum):
@@ -65,8 +64,11 @@ class Samples(_Spec):
     )
     count: int = Field(default=32, ge=1, le=4096, description="How many samples to generate.")
     seed: int = Field(default=0, description="Seed for generated samples, so a conversion is repeatable.")
-    int_range: tuple[int, int] = Field(
-        default=(0, 100), description="[low, high) of generated integer inputs (token ids must stay in the vocabulary)."
+    int_range: list[int] = Field(
+        default=[0, 100],
+        min_length=2,
+        max_length=2,
+        description="[low, high) of generated integer inputs (token ids must stay in the vocabulary).",
     )
 
 
@@ -75,12 +77,35 @@ class Pruning(_Spec):
 
 
 class Conversion(_Spec):
+    """What to make of the source model and how to prove it."""
+
     target: Target = Field(default=Target.ONNX, description="onnx, torchscript or tensorrt (needs a GPU node).")
     precision: Precision = Field(default=Precision.FP32, description="fp32, fp16 or int8.")
     int8_mode: Int8Mode = Field(default=Int8Mode.STATIC, description="With int8: static (calibrated) or dynamic.")
     opset: int = Field(default=17, ge=13, le=23, description="ONNX opset of the exported model.")
     tolerance: Tolerance = Field(default_factory=Tolerance, description="How close the result must stay.")
     samples: Samples = Field(default_factory=Samples, description="Inputs for validation and INT8 calibration.")
+    store: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Where converted repositories are published: pvc://<claim>/<path>. The Job writes "
+        "<path>/<key>/ on the claim and the Triton pods mount it read-only, so the claim must be reachable from "
+        "both (ReadWriteMany, or one node). Required when the operator converts; `modelyard convert` ignores it.",
+        json_schema_extra={"x-kubernetes-validations": [cel(
+            "self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$')",
+            "conversion.store is pvc://<claim-name>/<path>",
+        )]},
+    )
+    timeout_seconds: int = Field(
+        default=3600, ge=60, le=86400, description="The conversion Job's activeDeadlineSeconds."
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="CPU and memory for the converter container (default 1 CPU, 4Gi)."
+    )
+    node_selector: dict[str, str] | None = Field(default=None, description="Node labels the converter pod requires.")
+    tolerations: list[Toleration] | None = Field(
+        default=None, description="Tolerations for the converter pod.", max_length=64
+    )
     pruning: Pruning | None = Field(default=None, description="Magnitude pruning before export (torch sources).")
     model_class: str | None = Field(
         default=None,

@@ -11,10 +11,10 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
-from pydantic.config import JsonDict
 
 from modelyard.api.conditions import Condition
+from modelyard.api.v1alpha1.common import Observed, ResourceRequirements, SecretReference, Spec, Toleration, cel
+from modelyard.api.v1alpha1.conversion import Conversion
 
 GROUP = "modelyard.dev"
 VERSION = "v1alpha1"
@@ -32,22 +32,6 @@ DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 def _defaults(model: type[BaseModel]) -> dict[str, Any]:
     """A section's defaults in full, as the CRD default of the section (the API server validates it with CEL)."""
     return model().model_dump(mode="json", by_alias=True, exclude_none=True)
-
-
-def _cel(rule: str, message: str) -> JsonDict:
-    return {"rule": rule, "message": message}
-
-
-class _Spec(BaseModel):
-    """Spec parts: camelCase on the wire, unknown fields rejected (the API server prunes them; a local file not)."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-
-class _Observed(BaseModel):
-    """Status and metadata parts: tolerant of fields that newer operators or the API server add."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
 
 
 # --- spec.model ------------------------------------------------------------------------------------------------
@@ -76,16 +60,7 @@ class DataType(StrEnum):
     BYTES = "BYTES"
 
 
-class SecretReference(_Spec):
-    name: str = Field(
-        description="Name of a Secret in the ModelDeployment's namespace.",
-        min_length=1,
-        max_length=253,
-        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-    )
-
-
-class TensorSpec(_Spec):
+class TensorSpec(Spec):
     name: str = Field(description="Tensor name as the model declares it.", min_length=1, max_length=128)
     data_type: DataType = Field(description="Element type, as on Triton's wire protocol (FP32, INT64, BYTES, ...).")
     shape: list[int] = Field(
@@ -95,7 +70,7 @@ class TensorSpec(_Spec):
     )
 
 
-class ModelSignature(_Spec):
+class ModelSignature(Spec):
     inputs: list[TensorSpec] = Field(
         description="Input tensors, in the order the model takes them.",
         min_length=1,
@@ -110,20 +85,20 @@ class ModelSignature(_Spec):
     )
 
 
-class ModelSource(_Spec):
+class ModelSource(Spec):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(
+                cel(
                     "self.uri.matches('^(s3|pvc|http|https)://.+')",
                     "model.uri must start with s3://, pvc://, http:// or https:// and name a location",
                 ),
-                _cel(
+                cel(
                     "!self.uri.startsWith('pvc://') || self.uri.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$')",
                     "a pvc:// URI is pvc://<claim-name>/<path> where <claim-name> is a PersistentVolumeClaim name "
                     "(lower case letters, digits and '-')",
                 ),
-                _cel(
+                cel(
                     "!self.uri.startsWith('pvc://') || !has(self.credentialsSecretRef)",
                     "model.credentialsSecretRef applies to s3:// and http(s):// sources; "
                     "a pvc:// source is read through the volume mount",
@@ -159,12 +134,12 @@ class ModelSource(_Spec):
 
 
 _MODEL_CONFIG_NOTE = (
-    " Written into the model's config.pbtxt by the conversion stage; until that stage is released, the "
+    " Written into the model's config.pbtxt by the conversion stage (spec.conversion); without it, the "
     "config.pbtxt in the model repository decides."
 )
 
 
-class DynamicBatching(_Spec):
+class DynamicBatching(Spec):
     enabled: bool = Field(default=True, description="Let Triton merge concurrent requests into one batch.")
     preferred_batch_sizes: list[int] | None = Field(
         default=None,
@@ -177,39 +152,21 @@ class DynamicBatching(_Spec):
     )
 
 
-class Toleration(_Spec):
-    key: str | None = Field(default=None, description="Taint key to tolerate; empty with Exists tolerates all.")
-    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal.")
-    value: str | None = Field(default=None, description="Taint value, with operator Equal.")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        default=None, description="Taint effect to tolerate; empty tolerates all effects."
-    )
-    toleration_seconds: int | None = Field(default=None, description="With NoExecute: how long the pod stays bound.")
-
-
-Quantity = int | str
-
-
-class ResourceRequirements(_Spec):
-    requests: dict[str, Quantity] | None = Field(default=None, description="Resource requests, as on a container.")
-    limits: dict[str, Quantity] | None = Field(default=None, description="Resource limits, as on a container.")
-
-
-class Serving(_Spec):
+class Serving(Spec):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                _cel(
+                cel(
                     "self.maxBatchSize > 0 || !self.dynamicBatching.enabled",
                     "serving.dynamicBatching needs serving.maxBatchSize > 0 "
                     "(Triton batches only models that take a batch dimension); set dynamicBatching.enabled: false",
                 ),
-                _cel(
+                cel(
                     "!has(self.dynamicBatching.preferredBatchSizes) || "
                     "self.dynamicBatching.preferredBatchSizes.all(s, s <= self.maxBatchSize)",
                     "every serving.dynamicBatching.preferredBatchSizes entry must be at most serving.maxBatchSize",
                 ),
-                _cel(
+                cel(
                     "!has(self.resources) || ("
                     "(!has(self.resources.limits) || !(self.gpuResourceName in self.resources.limits)) && "
                     "(!has(self.resources.requests) || !(self.gpuResourceName in self.resources.requests)))",
@@ -262,31 +219,56 @@ class Serving(_Spec):
     )
 
 
-class ModelDeploymentSpec(_Spec):
+class ModelDeploymentSpec(Spec):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.conversion) || has(self.conversion.store)",
+                    "conversion.store (pvc://<claim>/<path>) is required: it is where the converted model is "
+                    "published for the Triton pods",
+                ),
+                cel(
+                    "has(self.conversion) || !self.model.uri.matches('^https?://')",
+                    "an http(s):// model is fetched by the conversion stage: add a conversion section (with a "
+                    "store), or publish the model as a Triton repository on pvc:// or s3://",
+                ),
+            ]
+        }
+    )
+
     model: ModelSource = Field(description="The model to serve and where to read it.")
     serving: Serving = Field(
         default_factory=Serving, description="How Triton serves it.", json_schema_extra={"default": _defaults(Serving)}
+    )
+    conversion: Conversion | None = Field(
+        default=None,
+        description="Convert, compress and validate the model before serving it. Without it, model.uri must hold "
+        "a Triton model repository.",
     )
 
 
 # --- status ----------------------------------------------------------------------------------------------------
 
 
-class RevisionStatus(_Observed):
+class RevisionStatus(Observed):
     name: str = Field(description="Revision: a hash of the spec parts that change what is served.")
     replicas: int = Field(default=0, description="Pods this revision asks for.")
     ready_replicas: int = Field(default=0, description="Pods of this revision that pass their readiness probe.")
     traffic_percent: int = Field(default=0, ge=0, le=100, description="Share of requests this revision receives.")
+    model_repository: str | None = Field(
+        default=None, description="The converted model repository this revision serves (with conversion)."
+    )
 
 
-class RevisionsStatus(_Observed):
+class RevisionsStatus(Observed):
     stable: RevisionStatus | None = Field(default=None, description="The revision that serves traffic.")
     latest: RevisionStatus | None = Field(
         default=None, description="The revision the current spec asks for; equals stable once it has rolled out."
     )
 
 
-class ModelDeploymentStatus(_Observed):
+class ModelDeploymentStatus(Observed):
     observed_generation: int | None = Field(default=None, description="The generation this status describes.")
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -299,7 +281,7 @@ class ModelDeploymentStatus(_Observed):
     url: str | None = Field(default=None, description="In-cluster URL of Triton's HTTP endpoint.")
 
 
-class ObjectMeta(_Observed):
+class ObjectMeta(Observed):
     name: str
     namespace: str = "default"
     uid: str | None = None
@@ -308,7 +290,7 @@ class ObjectMeta(_Observed):
     annotations: dict[str, str] = Field(default_factory=dict)
 
 
-class ModelDeployment(_Observed):
+class ModelDeployment(Observed):
     api_version: Literal["modelyard.dev/v1alpha1"] = "modelyard.dev/v1alpha1"
     kind: Literal["ModelDeployment"] = "ModelDeployment"
     metadata: ObjectMeta

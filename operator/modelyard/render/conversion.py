@@ -1,0 +1,110 @@
+"""The conversion Job of one revision: runs the converter, which leaves its result in the termination message."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from modelyard.api.names import COMPONENT_CONVERTER, LABEL_REVISION, child_metadata, common_labels, conversion_job_name
+from modelyard.api.v1alpha1 import API_VERSION, KIND, ModelDeployment
+from modelyard.render.triton import split_pvc
+
+STORE_MOUNT = "/mnt/store"
+SOURCE_MOUNT = "/mnt/source"
+CONVERTER_UID = 65532
+EXIT_CONVERSION_ERROR = 1
+EXIT_INVALID_REQUEST = 2
+
+
+def conversion_request(md: ModelDeployment) -> dict[str, Any]:
+    """The manifest the converter reads: the ModelDeployment's name and spec, nothing else."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": {"name": md.metadata.name, "namespace": md.metadata.namespace},
+        "spec": md.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+
+
+def render_conversion_job(md: ModelDeployment, revision: str, image: str) -> dict[str, Any]:
+    conv = md.spec.conversion
+    assert conv is not None and conv.store, "render_conversion_job needs spec.conversion with a store"
+    claim, sub = split_pvc(conv.store)
+    labels = {**common_labels(md, COMPONENT_CONVERTER), LABEL_REVISION: revision}
+    volumes: list[dict[str, Any]] = [
+        {"name": "store", "persistentVolumeClaim": {"claimName": claim}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "store", "mountPath": STORE_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    source = md.spec.model.uri
+    if source.startswith("pvc://"):
+        source_claim, _ = split_pvc(source)
+        volumes.append({"name": "source", "persistentVolumeClaim": {"claimName": source_claim, "readOnly": True}})
+        mounts.append({"name": "source", "mountPath": SOURCE_MOUNT, "readOnly": True})
+    resources = {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
+    if conv.resources:
+        resources = {k: {n: str(v) for n, v in sorted(q.items())}
+                     for k, q in (("requests", conv.resources.requests), ("limits", conv.resources.limits)) if q}
+    container: dict[str, Any] = {
+        "name": "converter",
+        "image": image,
+        "args": [
+            "--manifest-json", json.dumps(conversion_request(md), sort_keys=True, separators=(",", ":")),
+            "--store", "/".join(p for p in (STORE_MOUNT, sub) if p),
+            "--source-root", SOURCE_MOUNT,
+            "--termination-log", "/dev/termination-log",
+        ],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": resources,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": CONVERTER_UID,
+            "runAsGroup": CONVERTER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # The result is JSON in the termination message; a crash leaves the tail of the log there instead.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    if md.spec.model.credentials_secret_ref:
+        container["envFrom"] = [{"secretRef": {"name": md.spec.model.credentials_secret_ref.name}}]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "fsGroup": CONVERTER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if conv.node_selector:
+        pod_spec["nodeSelector"] = dict(sorted(conv.node_selector.items()))
+    if conv.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in conv.tolerations]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": child_metadata(md, conversion_job_name(md, revision), labels),
+        "spec": {
+            # A conversion or validation failure (exit 1) or a bad request (exit 2) will not pass on a retry;
+            # anything else (an evicted pod, a flaky download) gets two more tries.
+            "backoffLimit": 2,
+            "podFailurePolicy": {"rules": [{
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "converter", "operator": "In",
+                                "values": [EXIT_CONVERSION_ERROR, EXIT_INVALID_REQUEST]},
+            }]},
+            "activeDeadlineSeconds": conv.timeout_seconds,
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }

@@ -1,0 +1,99 @@
+"""Read a conversion Job and its pod: running, succeeded with a result, or failed and why."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.api.conditions import Reason
+
+Obj = dict[str, Any]
+
+_FAILURE_REASONS = {
+    "ValidationFailed": Reason.VALIDATION_FAILED,
+    "ConversionUnsupported": Reason.CONVERSION_UNSUPPORTED,
+    "SourceRefused": Reason.SOURCE_REFUSED,
+    "SourceUnavailable": Reason.SOURCE_UNAVAILABLE,
+}
+
+
+@dataclass(frozen=True)
+class ConversionState:
+    done: bool
+    """True when the converted model passed validation: `key` names its repository."""
+    failed: bool
+    reason: str
+    message: str
+    key: str | None = None
+    result: Obj | None = None
+
+
+def _terminated(pod: Obj) -> Obj | None:
+    for cs in pod.get("status", {}).get("containerStatuses", []):
+        if cs.get("name") == "converter" and cs.get("state", {}).get("terminated"):
+            term: Obj = cs["state"]["terminated"]
+            return term
+    return None
+
+
+def _parse(message: str) -> Obj | None:
+    try:
+        parsed = json.loads(message)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    return parsed if isinstance(parsed, dict) and "ok" in parsed else None
+
+
+def _job_condition(job: Obj, type_: str) -> Obj | None:
+    return next((c for c in job.get("status", {}).get("conditions", [])
+                 if c.get("type") == type_ and c.get("status") == "True"), None)
+
+
+def observe_conversion(job: Obj | None, pods: list[Obj]) -> ConversionState:
+    """What the Job and its pods say. The newest terminated pod with a result wins."""
+    if job is None:
+        return ConversionState(False, False, Reason.CONVERTING, "creating the conversion Job")
+    name = job["metadata"]["name"]
+    finished = sorted(
+        (p for p in pods if _terminated(p) is not None),
+        key=lambda p: str(_terminated(p).get("finishedAt", "")),  # type: ignore[union-attr]
+    )
+    for pod in reversed(finished):
+        term = _terminated(pod) or {}
+        result = _parse(term.get("message", ""))
+        if result is None:
+            continue
+        if result["ok"]:
+            return ConversionState(True, False, Reason.CONVERTED, "", key=str(result["key"]), result=result)
+        reason = _FAILURE_REASONS.get(str(result.get("reason")), Reason.CONVERSION_FAILED)
+        return ConversionState(False, True, reason, str(result.get("message", "")), result=result)
+    failed = _job_condition(job, "Failed")
+    if failed:
+        last = finished[-1] if finished else None
+        words = ""
+        if last:
+            term = _terminated(last) or {}
+            words = f"; exit code {term.get('exitCode')}: {str(term.get('message', '')).strip()[-500:]}"
+        return ConversionState(False, True, Reason.CONVERSION_FAILED,
+                               f"Job {name} failed ({failed.get('reason')}: {failed.get('message', '')}){words}")
+    if _job_condition(job, "Complete"):
+        return ConversionState(False, True, Reason.CONVERSION_FAILED,
+                               f"Job {name} completed but its pod left no result in its termination message")
+    return ConversionState(False, False, Reason.CONVERTING, f"Job {name} is running the converter")
+
+
+def describe_artifact(result: Obj) -> str:
+    art = result.get("artifact", {})
+    reused = " (reused: converted before)" if result.get("reused") else ""
+    digest = str(art.get("sha256", ""))[:12]
+    return f"{art.get('path')} sha256:{digest} {art.get('bytes')} bytes, key {result.get('key')}{reused}"
+
+
+def describe_validation(result: Obj) -> str:
+    v = result.get("validation", {})
+    if "skipped" in v:
+        return f"not validated: {v['skipped']}"
+    top1 = f", top-1 agreement {v['top1_agreement']:.4f}" if v.get("top1_agreement") is not None else ""
+    return (f"{v.get('samples')} samples: max abs error {v.get('max_abs_error', 0):.3g}, "
+            f"max rel error {v.get('max_rel_error', 0):.3g}{top1} (atol {v.get('atol')}, rtol {v.get('rtol')})")
