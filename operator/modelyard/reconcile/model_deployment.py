@@ -326,7 +326,7 @@ def _write_status(
         "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
     }
     for cond in transitions(current.conditions, status.conditions):
-        failing = cond.status != "True" and cond.reason != Reason.PROGRESSING
+        failing = cond.status == "False" and cond.reason not in (Reason.PROGRESSING, Reason.CONVERTING)
         try:
             kube.event(regarding, type_="Warning" if failing else "Normal", reason=cond.reason,
                        note=f"{cond.type}={cond.status}: {cond.message}")
