@@ -16,7 +16,8 @@ from modelyard.api.crdgen import model_deployment_crd_yaml
 from modelyard.api.names import revision_of
 from modelyard.api.reference import api_reference_markdown
 from modelyard.api.v1alpha1 import KIND, ModelDeployment
-from modelyard.render.triton import UnservableSource, render_children
+from modelyard.render.children import render_children
+from modelyard.render.triton import UnservableSource
 from modelyard.settings import Settings
 
 

@@ -55,10 +55,6 @@ class Request:
         return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _sha256(path: Path) -> str:
-    return digest(path)
-
-
 def convert(
     request: Request, store: Path, workdir: Path | None = None, source_root: Path = PVC_MOUNT
 ) -> dict[str, Any]:
@@ -168,7 +164,7 @@ def _manifest(request: Request, key: str, source_digest: str, artifact_name: str
         "flavour": request.flavour,
         "artifact": {
             "path": f"{request.name}/1/{artifact_name}",
-            "sha256": _sha256(artifact),
+            "sha256": digest(artifact),
             "bytes": sum(p.stat().st_size for p in ([artifact] if artifact.is_file() else artifact.rglob("*"))
                          if p.is_file()),
         },

@@ -219,17 +219,3 @@ def render_service(md: ModelDeployment, serving_revision: str) -> dict[str, Any]
             ],
         },
     }
-
-
-def render_children(md: ModelDeployment, revision: str, converter_image: str) -> list[dict[str, Any]]:
-    """Every child a new revision gets: what `modelyard render` prints. With conversion, the Job comes first and
-    the Deployment reads a placeholder repository key (the real one is known once the Job has run)."""
-    from modelyard.render.conversion import render_conversion_job
-
-    if md.spec.conversion is None:
-        return [render_triton_deployment(md, revision), render_service(md, revision)]
-    return [
-        render_conversion_job(md, revision, converter_image),
-        render_triton_deployment(md, revision, converted="<key>"),
-        render_service(md, revision),
-    ]

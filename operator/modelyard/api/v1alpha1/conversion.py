@@ -12,8 +12,6 @@ from pydantic import Field
 
 from modelyard.api.v1alpha1.common import ResourceRequirements, Spec, Toleration, cel
 
-_Spec = Spec
-
 
 class Target(StrEnum):
     ONNX = "onnx"
@@ -44,7 +42,7 @@ DEFAULT_TOLERANCE: dict[Precision, tuple[float, float]] = {
 DEFAULT_MIN_TOP1 = {Precision.FP32: 1.0, Precision.FP16: 0.99, Precision.INT8: 0.9}
 
 
-class Tolerance(_Spec):
+class Tolerance(Spec):
     atol: float | None = Field(default=None, ge=0, description="Absolute tolerance; the precision's default if unset.")
     rtol: float | None = Field(default=None, ge=0, description="Relative tolerance; the precision's default if unset.")
     min_top1_agreement: float | None = Field(
@@ -56,7 +54,7 @@ class Tolerance(_Spec):
     )
 
 
-class Samples(_Spec):
+class Samples(Spec):
     uri: str | None = Field(
         default=None,
         description="An .npz file with one array per input name (first axis: samples); generated from the "
@@ -72,11 +70,11 @@ class Samples(_Spec):
     )
 
 
-class Pruning(_Spec):
+class Pruning(Spec):
     sparsity: float = Field(gt=0, lt=1, description="Share of the smallest-magnitude weights set to zero.")
 
 
-class Conversion(_Spec):
+class Conversion(Spec):
     """What to make of the source model and how to prove it."""
 
     target: Target = Field(default=Target.ONNX, description="onnx, torchscript or tensorrt (needs a GPU node).")
