@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         return run(args.filename, args.store, args.flavour, args.termination_log, args.manifest_json,
-                   args.source_root)
+                   args.source_root, args.store_endpoint)
     if args.command == "crd":
         sys.stdout.write(model_deployment_crd_yaml())
         return 0

@@ -115,3 +115,21 @@ def test_http_source(model_dir: Path, tmp_path: Path) -> None:
             convert(req(source(url.replace("cnn.pt", "gone.pt"), "torchscript", CNN_SIGNATURE)), tmp_path / "s2")
     finally:
         server.shutdown()
+
+
+def test_s3_store_publishes_and_reuses(
+    s3: str, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    boto3.client("s3").create_bucket(Bucket="store")
+    # The store's own credentials arrive prefixed (the Job passes its Secret with prefix STORE_).
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(f"STORE_{name}", os.environ[name])
+    request = req(source(str(model_dir / "cnn.pt"), "torchscript", CNN_SIGNATURE))
+    first = convert(request, "s3://store/converted", store_endpoint=s3)
+    key = first["key"]
+    assert (first["reused"], first["repository"]) == (False, f"s3://store/converted/{key}")
+    listed = boto3.client("s3").list_objects_v2(Bucket="store", Prefix=f"converted/{key}/")
+    names = sorted(o["Key"].split(f"{key}/", 1)[1] for o in listed["Contents"])
+    assert names == ["cnn/1/model.onnx", "cnn/config.pbtxt", "manifest.json"]
+    again = convert(request, "s3://store/converted", store_endpoint=s3)
+    assert (again["reused"], again["key"], again["artifact"]) == (True, key, first["artifact"])

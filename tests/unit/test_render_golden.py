@@ -39,6 +39,20 @@ def test_pvc_source_mounts_the_claim_read_only() -> None:
     _check("resnet-gpu-pvc.deployment.yaml", yamlio.dump(deployment))
 
 
+def test_s3_store_is_read_by_triton_natively_and_written_with_prefixed_credentials() -> None:
+    doc = yaml.safe_load((ROOT / "examples" / "conversion" / "resnet-int8.yaml").read_text())
+    doc["spec"]["conversion"].update({"store": "s3://models/converted", "storeEndpoint": "http://minio.storage:9000",
+                                      "storeCredentialsSecretRef": {"name": "store-credentials"}})
+    job, deployment, _ = render_manifest(doc)
+    _check("resnet-int8-s3.yaml", yamlio.dump_all([job, deployment]))
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "store-credentials"}, "prefix": "STORE_"}]
+    assert all(v["name"] != "store" for v in job["spec"]["template"]["spec"]["volumes"])
+    triton = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert "--model-repository=s3://http://minio.storage:9000/models/converted/<key>" in triton["args"]
+    assert triton["envFrom"] == [{"secretRef": {"name": "store-credentials"}}]
+
+
 def test_cli_render_prints_the_children(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["render", "-f", str(ROOT / "examples" / "resnet-gpu.yaml")]) == 0
     kinds = [d["kind"] for d in yaml.safe_load_all(capsys.readouterr().out)]

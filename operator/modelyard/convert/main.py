@@ -50,8 +50,8 @@ def result_message(manifest: dict[str, Any] | None, error: ConversionError | Non
     }
 
 
-def run(manifest_path: str | None, store: Path, flavour: str, termination_log: Path | None,
-        manifest_json: str | None = None, source_root: Path = PVC_MOUNT) -> int:
+def run(manifest_path: str | None, store: Path | str, flavour: str, termination_log: Path | None,
+        manifest_json: str | None = None, source_root: Path = PVC_MOUNT, store_endpoint: str | None = None) -> int:
     if manifest_json is not None:
         docs = [json.loads(manifest_json)]
     else:
@@ -70,7 +70,7 @@ def run(manifest_path: str | None, store: Path, flavour: str, termination_log: P
         return 2
     manifest, error = None, None
     try:
-        manifest = convert(request, store, source_root=source_root)
+        manifest = convert(request, store, source_root=source_root, store_endpoint=store_endpoint)
     except ConversionError as exc:
         error = exc
     result = result_message(manifest, error)
@@ -90,8 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--manifest-json", help="the ModelDeployment as JSON (how the conversion Job passes it)")
     parser.add_argument("--source-root", type=Path, default=PVC_MOUNT,
                         help="where a pvc:// source's claim is mounted (default %(default)s)")
-    parser.add_argument("--out", "--store", dest="store", required=True, type=Path,
-                        help="repository store: the result lands in STORE/<key>/")
+    parser.add_argument("--out", "--store", dest="store", required=True,
+                        help="repository store, a directory or s3://bucket/prefix: the result lands in STORE/<key>/")
+    parser.add_argument("--store-endpoint", help="S3 endpoint of an s3:// store outside AWS")
     parser.add_argument("--flavour", choices=["native", "python"], default="native",
                         help="python: serve ONNX through Triton's python backend (CPU Triton without onnxruntime)")
     parser.add_argument("--termination-log", type=Path, default=None, help="write the compact result here too")
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="modelyard-convert", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(argv)
-    return run(args.filename, args.store, args.flavour, args.termination_log, args.manifest_json, args.source_root)
+    return run(args.filename, args.store, args.flavour, args.termination_log, args.manifest_json, args.source_root,
+               args.store_endpoint)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,11 @@ from modelyard.api.v1alpha1.conversion import Conversion, Precision, Target
 from modelyard.convert import CONVERTER_VERSION
 from modelyard.convert.models import Runnable, Tensor, load_source, onnx_runnable, torchscript_runnable
 from modelyard.convert.sources import PVC_MOUNT, digest, fetch
+from modelyard.convert.store import MANIFEST, open_store
 from modelyard.convert.transform import check_supported, export_onnx, export_torchscript, prune, to_fp16, to_int8
 from modelyard.convert.tritonconfig import model_config, to_pbtxt
 from modelyard.convert.validate import batches, make_samples, validate
 
-MANIFEST = "manifest.json"
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 
 
@@ -56,27 +56,28 @@ class Request:
 
 
 def convert(
-    request: Request, store: Path, workdir: Path | None = None, source_root: Path = PVC_MOUNT
+    request: Request, store: Path | str, workdir: Path | None = None, source_root: Path = PVC_MOUNT,
+    store_endpoint: str | None = None,
 ) -> dict[str, Any]:
-    """Convert and publish under `store/<key>/`; return the manifest (with `reused` true when it already existed)."""
+    """Convert and publish under `<store>/<key>/` (a directory or s3://bucket/prefix); return the manifest, with
+    `reused` true when that key was published before and `repository` saying where it is."""
     check_supported(request.conversion)
+    target = open_store(store, store_endpoint)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         scratch = Path(tmp)
         source_path = fetch(request.source.uri, scratch, pvc_root=source_root)
         source_digest = digest(source_path)
         key = request.key(source_digest)
-        final = store / key
-        if (final / MANIFEST).is_file():
-            manifest: dict[str, Any] = json.loads((final / MANIFEST).read_text())
-            return {**manifest, "reused": True}
+        published = target.find(key)
+        if published is not None:
+            return {**published, "reused": True, "repository": _location(store, key)}
         staging = scratch / "repository"
         manifest = _convert_into(request, source_path, source_digest, key, staging)
-        store.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # a concurrent conversion of the same key finished first: same content
-            shutil.rmtree(staging)
-        else:
-            shutil.move(str(staging), str(final))
-        return {**manifest, "reused": False, "repository": str(final)}
+        return {**manifest, "reused": False, "repository": target.publish(key, staging)}
+
+
+def _location(store: Path | str, key: str) -> str:
+    return f"{str(store).rstrip('/')}/{key}"
 
 
 def _convert_into(request: Request, source_path: Path, source_digest: str, key: str, repo: Path) -> dict[str, Any]:

@@ -14,6 +14,8 @@ SOURCE_MOUNT = "/mnt/source"
 CONVERTER_UID = 65532
 EXIT_CONVERSION_ERROR = 1
 EXIT_INVALID_REQUEST = 2
+STORE_PREFIX = "STORE_"
+"""Environment prefix of the store's credentials in the converter pod (STORE_AWS_ACCESS_KEY_ID, ...)."""
 
 
 def conversion_request(md: ModelDeployment) -> dict[str, Any]:
@@ -29,16 +31,22 @@ def conversion_request(md: ModelDeployment) -> dict[str, Any]:
 def render_conversion_job(md: ModelDeployment, revision: str, image: str) -> dict[str, Any]:
     conv = md.spec.conversion
     assert conv is not None and conv.store, "render_conversion_job needs spec.conversion with a store"
-    claim, sub = split_pvc(conv.store)
     labels = {**common_labels(md, COMPONENT_CONVERTER), LABEL_REVISION: revision}
-    volumes: list[dict[str, Any]] = [
-        {"name": "store", "persistentVolumeClaim": {"claimName": claim}},
-        {"name": "tmp", "emptyDir": {}},
-    ]
-    mounts: list[dict[str, Any]] = [
-        {"name": "store", "mountPath": STORE_MOUNT},
-        {"name": "tmp", "mountPath": "/tmp"},
-    ]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    env_from: list[dict[str, Any]] = []
+    if conv.store.startswith("s3://"):
+        store_args = ["--store", conv.store]
+        if conv.store_endpoint:
+            store_args += ["--store-endpoint", conv.store_endpoint]
+        if conv.store_credentials_secret_ref:
+            # Prefixed, so that the store's credentials and the source's (AWS_*) can differ.
+            env_from.append({"secretRef": {"name": conv.store_credentials_secret_ref.name}, "prefix": STORE_PREFIX})
+    else:
+        claim, sub = split_pvc(conv.store)
+        volumes.insert(0, {"name": "store", "persistentVolumeClaim": {"claimName": claim}})
+        mounts.insert(0, {"name": "store", "mountPath": STORE_MOUNT})
+        store_args = ["--store", "/".join(p for p in (STORE_MOUNT, sub) if p)]
     source = md.spec.model.uri
     if source.startswith("pvc://"):
         source_claim, _ = split_pvc(source)
@@ -53,7 +61,7 @@ def render_conversion_job(md: ModelDeployment, revision: str, image: str) -> dic
         "image": image,
         "args": [
             "--manifest-json", json.dumps(conversion_request(md), sort_keys=True, separators=(",", ":")),
-            "--store", "/".join(p for p in (STORE_MOUNT, sub) if p),
+            *store_args,
             "--source-root", SOURCE_MOUNT,
             "--termination-log", "/dev/termination-log",
         ],
@@ -74,7 +82,9 @@ def render_conversion_job(md: ModelDeployment, revision: str, image: str) -> dic
         "volumeMounts": mounts,
     }
     if md.spec.model.credentials_secret_ref:
-        container["envFrom"] = [{"secretRef": {"name": md.spec.model.credentials_secret_ref.name}}]
+        env_from.insert(0, {"secretRef": {"name": md.spec.model.credentials_secret_ref.name}})
+    if env_from:
+        container["envFrom"] = env_from
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,

@@ -45,6 +45,13 @@ def split_pvc(uri: str) -> tuple[str, str]:
     return parts.netloc, parts.path.strip("/")
 
 
+def triton_s3_path(store: str, key: str, endpoint: str | None) -> str:
+    """Triton's S3 repository path; outside AWS the endpoint goes in front: s3://http://host:port/bucket/path."""
+    parts = urlsplit(store)
+    location = "/".join(p for p in (parts.netloc, parts.path.strip("/"), key) if p)
+    return f"s3://{endpoint.rstrip('/')}/{location}" if endpoint else f"s3://{location}"
+
+
 def model_repository(md: ModelDeployment, converted: str | None = None) -> ModelRepository:
     """Map the model's location to Triton's --model-repository and the pod's volumes.
 
@@ -52,10 +59,17 @@ def model_repository(md: ModelDeployment, converted: str | None = None) -> Model
     read-only. Without it: pvc:// mounts the claim read-only; s3:// uses Triton's native S3 repository support,
     with credentials from the referenced Secret as environment variables (never in the pod spec itself).
     """
-    if md.spec.conversion is not None:
-        if not converted or not md.spec.conversion.store:
+    conv = md.spec.conversion
+    if conv is not None:
+        if not converted or not conv.store:
             raise UnservableSource("the converted model repository is not known yet")
-        claim, sub = split_pvc(md.spec.conversion.store)
+        if conv.store.startswith("s3://"):
+            secret = conv.store_credentials_secret_ref
+            return ModelRepository(
+                path=triton_s3_path(conv.store, converted, conv.store_endpoint),
+                env_from=({"secretRef": {"name": secret.name}},) if secret else (),
+            )
+        claim, sub = split_pvc(conv.store)
         volume = {"name": "model-repository", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         mount = {"name": "model-repository", "mountPath": MODEL_MOUNT, "readOnly": True}
         path = "/".join(p for p in (MODEL_MOUNT, sub, converted) if p)

@@ -10,7 +10,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from modelyard.api.v1alpha1.common import ResourceRequirements, Spec, Toleration, cel
+from modelyard.api.v1alpha1.common import ResourceRequirements, SecretReference, Spec, Toleration, cel
 
 
 class Target(StrEnum):
@@ -77,6 +77,18 @@ class Pruning(Spec):
 class Conversion(Spec):
     """What to make of the source model and how to prove it."""
 
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "(!has(self.storeEndpoint) && !has(self.storeCredentialsSecretRef)) || "
+                    "(has(self.store) && self.store.startsWith('s3://'))",
+                    "conversion.storeEndpoint and conversion.storeCredentialsSecretRef go with an s3:// store",
+                ),
+            ]
+        }
+    }
+
     target: Target = Field(default=Target.ONNX, description="onnx, torchscript or tensorrt (needs a GPU node).")
     precision: Precision = Field(default=Precision.FP32, description="fp32, fp16 or int8.")
     int8_mode: Int8Mode = Field(default=Int8Mode.STATIC, description="With int8: static (calibrated) or dynamic.")
@@ -86,13 +98,25 @@ class Conversion(Spec):
     store: str | None = Field(
         default=None,
         max_length=1024,
-        description="Where converted repositories are published: pvc://<claim>/<path>. The Job writes "
-        "<path>/<key>/ on the claim and the Triton pods mount it read-only, so the claim must be reachable from "
-        "both (ReadWriteMany, or one node). Required when the operator converts; `modelyard convert` ignores it.",
+        description="Where converted repositories are published, under <store>/<key>/: pvc://<claim>/<path> (the "
+        "Job writes it, the Triton pods mount it read-only: ReadWriteMany, or one node) or s3://<bucket>/<prefix> "
+        "(Triton reads it natively). Required when the operator converts; `modelyard convert` takes --out instead.",
         json_schema_extra={"x-kubernetes-validations": [cel(
-            "self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$')",
-            "conversion.store is pvc://<claim-name>/<path>",
+            "self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$') || "
+            "self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')",
+            "conversion.store is pvc://<claim-name>/<path> or s3://<bucket>/<prefix>",
         )]},
+    )
+    store_endpoint: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?$",
+        description="With an s3:// store outside AWS (MinIO, Ceph): the endpoint, such as http://minio.storage:9000.",
+    )
+    store_credentials_secret_ref: SecretReference | None = Field(
+        default=None,
+        description="With an s3:// store: Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and optionally "
+        "AWS_DEFAULT_REGION, for the converter (which writes) and the Triton pods (which read).",
     )
     timeout_seconds: int = Field(
         default=3600, ge=60, le=86400, description="The conversion Job's activeDeadlineSeconds."
