@@ -6,6 +6,10 @@ missed event or a restart loses nothing, and a call with nothing to change makes
 Revisions roll out blue/green: each revision has its own Deployment; the Service keeps selecting the revision
 that serves until the new one is available, then switches, and only then is the old Deployment removed. A
 revision that never becomes available leaves the serving one alone.
+
+With spec.conversion, a revision first gets a conversion Job; its Deployment is created only once the Job's
+result (the termination message) says the converted model passed validation. The result is recorded in
+status.revisions (modelRepository), so it is read from the Job once.
 """
 
 from __future__ import annotations
