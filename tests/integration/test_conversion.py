@@ -96,3 +96,15 @@ def test_converted_validated_then_ready_and_a_bad_model_leaves_the_serving_revis
     assert admin.get(DEPLOYMENTS, namespace, f"conv-{second}") is None
     # Nothing changes on a resync while the bad revision stays rejected.
     assert reconcile(admin, operator_kube, namespace, "conv").writes == 0
+
+    # 4. The conversion section removed: the model is served from the source location as it is, the
+    #    conversion conditions go, and so do the conversion Jobs once the new revision serves.
+    del manifest["spec"]["conversion"]
+    manifest["spec"]["model"]["uri"] = "pvc://model-store/converted"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    wait_for("the unconverted revision to be Ready", ready)
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, "conv")
+    assert body is not None
+    assert {c["type"] for c in body["status"]["conditions"]} == {"Ready"}
+    reconcile(admin, operator_kube, namespace, "conv")
+    assert admin.list_by_labels(JOBS, namespace, {"modelyard.dev/deployment": "conv"}) == []

@@ -146,6 +146,8 @@ def reconcile_model_deployment(
     conditions = set_condition(md.status.conditions, ConditionType.READY, ready, reason, message, gen, clock)
     if rolled.conversion is not None:
         conditions = _conversion_conditions(conditions, rolled.conversion, revision, gen, clock)
+    else:  # the conversion section was removed: its conditions no longer describe anything
+        conditions = [c for c in conditions if c.type not in _CONVERSION_CONDITIONS]
     stable = (
         _revision_status(serving_state, 100, rolled.repositories.get(serving_state.revision))
         if serving_state and serving_state.ready_replicas > 0 else None
@@ -187,6 +189,9 @@ def _conversion_conditions(
         return put(conditions, ConditionType.VALIDATED, False, conv.reason, conv.message)
     conditions = put(conditions, ConditionType.CONVERTED, False, conv.reason, conv.message)
     return put(conditions, ConditionType.VALIDATED, False, conv.reason, "nothing to validate: the conversion failed")
+
+
+_CONVERSION_CONDITIONS = (ConditionType.CONVERTED, ConditionType.VALIDATED)
 
 
 @dataclass(frozen=True)
@@ -279,7 +284,10 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, converter_ima
         if rev not in keep:
             log.info("pruning revision %s of %s/%s", rev, ns, md.metadata.name)
             writer.delete(DEPLOYMENTS, ns, deployment["metadata"]["name"])
-    if md.spec.conversion is not None or md.status.revisions:
+    # Jobs exist only where conversion ran (a conversion section, its conditions, or a revision that serves a
+    # converted repository): a model that never converted is not asked for Jobs on every resync.
+    converted_before = bool(repositories) or any(c.type in _CONVERSION_CONDITIONS for c in md.status.conditions)
+    if md.spec.conversion is not None or converted_before:
         for rev, job in _owned_children(kube, JOBS, md, COMPONENT_CONVERTER).items():
             if rev not in keep:
                 writer.delete(JOBS, ns, job["metadata"]["name"])
