@@ -84,3 +84,20 @@ def test_waiting_container_reason_is_surfaced() -> None:
     state = observe_revision("r", deployment(0), [pod], 2)
     assert state.reason == "ImagePullBackOff"
     assert state.message == "0/2 replicas ready; container triton: Back-off pulling image"
+
+
+def test_an_exited_container_is_reported_with_its_exit_code_and_last_words() -> None:
+    terminated = {"exitCode": 137, "reason": "Error", "finishedAt": "2026-01-01T00:00:00Z", "message": "killed"}
+    pod = {"metadata": {"name": "m-r-1"}, "status": {"containerStatuses": [
+        {"name": "triton", "ready": False, "restartCount": 0, "state": {"terminated": terminated}}]}}
+    state = observe_revision("r", deployment(0), [pod], 1)
+    assert state.reason == "ContainerTerminated"
+    assert state.message == ("0/2 replicas ready; container triton of pod m-r-1 exited with code 137 (Error) at "
+                             "2026-01-01T00:00:00Z: killed")
+    pod["status"]["containerStatuses"][0].update(  # type: ignore[index]
+        {"state": {"running": {}}, "lastState": {"terminated": terminated}, "restartCount": 1})
+    state = observe_revision("r", deployment(0), [pod], 1)
+    assert state.reason == "ContainerRestarted"
+    assert "restarted (1 restarts) after it exited with code 137 (Error)" in state.message
+    pod["status"]["containerStatuses"][0]["ready"] = True  # type: ignore[index]
+    assert observe_revision("r", deployment(0), [pod], 1).reason == "Progressing"

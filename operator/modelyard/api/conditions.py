@@ -29,6 +29,10 @@ class Reason(StrEnum):
     ERR_IMAGE_PULL = "ErrImagePull"
     CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
     CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CONTAINER_TERMINATED = "ContainerTerminated"
+    """A container of a pod that is not ready has exited (the message has its exit code and reason)."""
+    CONTAINER_RESTARTED = "ContainerRestarted"
+    """A container restarted after an exit and is not ready again yet."""
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     # Ready=False: the operator cannot act on the spec
     SOURCE_UNSUPPORTED = "SourceUnsupported"

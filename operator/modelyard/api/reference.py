@@ -19,6 +19,10 @@ REASONS: dict[Reason, str] = {
     Reason.CRASH_LOOP_BACK_OFF: "Triton exits at start, most often because the model repository cannot be read.",
     Reason.CREATE_CONTAINER_CONFIG_ERROR: "The pod cannot be configured, for example the credentials Secret is "
     "missing.",
+    Reason.CONTAINER_TERMINATED: "A Triton container of a pod that is not ready has exited; the message has the "
+    "pod, the exit code, the kubelet's reason and the container's last words. The kubelet restarts it.",
+    Reason.CONTAINER_RESTARTED: "A Triton container restarted after an exit (the message says how it ended) and "
+    "its readiness probe has not passed again yet.",
     Reason.PROGRESS_DEADLINE_EXCEEDED: "The revision did not become available within 15 minutes.",
     Reason.SOURCE_UNSUPPORTED: "The model source cannot be served as it is (an http(s) source without "
     "spec.conversion).",

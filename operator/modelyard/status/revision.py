@@ -42,7 +42,29 @@ def _pod_problem(pods: list[Obj]) -> tuple[str, str] | None:
             if waiting.get("reason") in WAITING_REASONS:
                 detail = waiting.get("message") or waiting["reason"]
                 return waiting["reason"], f"container {cs.get('name')}: {detail}"
+    for pod in pods:
+        for cs in pod.get("status", {}).get("containerStatuses", []):
+            if cs.get("ready"):
+                continue
+            name = pod.get("metadata", {}).get("name", "")
+            terminated = cs.get("state", {}).get("terminated")
+            if terminated:
+                return Reason.CONTAINER_TERMINATED, (
+                    f"container {cs.get('name')} of pod {name} {_exit(terminated)}")
+            last = cs.get("lastState", {}).get("terminated")
+            if last and "running" in cs.get("state", {}):
+                return Reason.CONTAINER_RESTARTED, (
+                    f"container {cs.get('name')} of pod {name} restarted ({cs.get('restartCount', 0)} restarts) "
+                    f"after it {_exit(last)}; not ready yet")
     return None
+
+
+def _exit(terminated: Obj) -> str:
+    words = f"exited with code {terminated.get('exitCode')} ({terminated.get('reason', 'Error')})"
+    if terminated.get("finishedAt"):
+        words += f" at {terminated['finishedAt']}"
+    message = str(terminated.get("message", "")).strip()
+    return f"{words}: {message[-300:]}" if message else words
 
 
 def observe_revision(revision: str, deployment: Obj | None, pods: list[Obj], desired_replicas: int) -> RevisionState:
