@@ -40,6 +40,23 @@ def triton_home() -> Path:
     return home
 
 
+def prepare_backends(dest: Path) -> tuple[Path, dict[str, str]]:
+    """The wheel's backends with this interpreter's python-backend stub in `dest`, and the environment
+    tritonserver needs: the wheel's bundled libraries, and this interpreter's packages for the stub."""
+    home = triton_home()
+    shutil.copytree(home / "backends", dest, dirs_exist_ok=True)
+    stub = home / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+    shutil.copy(stub / "triton_python_backend_stub", dest / "python" / "triton_python_backend_stub")
+    libs = Path(home).parent.parent / "nvidia_pytriton.libs"
+    env = {
+        "LD_LIBRARY_PATH": f"{libs}:{os.environ.get('LD_LIBRARY_PATH', '')}".rstrip(":"),
+        # The python backend's stub runs this interpreter's packages (numpy, onnxruntime, torch).
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+    }
+    return dest, env
+
+
 @dataclass
 class Triton:
     repository: Path
@@ -52,17 +69,9 @@ class Triton:
 
     def start(self, timeout: float = 120) -> Triton:
         home = triton_home()
-        backends = self.workdir / "backends"
-        shutil.copytree(home / "backends", backends, dirs_exist_ok=True)
-        stub = home / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
-        shutil.copy(stub / "triton_python_backend_stub", backends / "python" / "triton_python_backend_stub")
-        libs = Path(home).parent.parent / "nvidia_pytriton.libs"
+        backends, triton_env = prepare_backends(self.workdir / "backends")
         self.http_port, self.grpc_port, self.metrics_port = _free_port(), _free_port(), _free_port()
-        env = {**os.environ,
-               "LD_LIBRARY_PATH": f"{libs}:{os.environ.get('LD_LIBRARY_PATH', '')}",
-               # The python backend's stub runs this interpreter's packages (numpy, onnxruntime).
-               "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-               "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        env = {**os.environ, **triton_env}
         log = open(self.workdir / "tritonserver.log", "wb")  # noqa: SIM115 (the process owns it)
         self.proc = subprocess.Popen(
             [str(home / "bin" / "tritonserver"), f"--model-repository={self.repository}",

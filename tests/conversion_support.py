@@ -1,10 +1,9 @@
-"""Shared by the conversion tests: a node whose kubelet the test plays, the store PVC, and the kubelet's part
-for a converter pod (kwok runs no containers)."""
+"""Shared by the conversion tests: the store PVC (a hostPath PV on a directory of the test's) and a manifest whose
+converter pod runs on the process kubelet's node, as a real process with the Job's own args, env and volumes."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,34 +12,19 @@ import pytest
 from convert_models import CNN, CNN_SIGNATURE, NaNModel, save_torchscript
 from helpers import model_deployment, wait_for
 from localcluster import LocalCluster
-from modelyard.convert.main import main as converter_main
-from modelyard.kube.client import PODS, Kube
+from processkubelet.kubelet import NODE_LABEL, NODE_TAINT
 
-CONVERTER_NODE = "converter-node"
-CONVERTER_TAINT = {"key": "modelyard.dev/converter", "value": "true", "effect": "NoSchedule"}
+ON_PROCESS_NODE: dict[str, Any] = {
+    "nodeSelector": {NODE_LABEL: "process"},
+    "tolerations": [{"key": NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
+}
+"""Placement on the process kubelet's node (kwok's nodes only pretend to run pods)."""
 
 
 def condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
     found = next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == type_), None)
     assert found is not None, f"no {type_} condition in {body.get('status')}"
     return found
-
-
-@pytest.fixture(scope="module")
-def converter_node(cluster: LocalCluster) -> str:
-    """A node no kwok manages, so that the test alone plays its kubelet. Tainted: only converter pods go there."""
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    capacity = {"cpu": "8", "memory": "32Gi", "pods": "20"}
-    node = {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": CONVERTER_NODE, "labels": {"modelyard.dev/role": "converter"}},
-        "spec": {"taints": [CONVERTER_TAINT]},
-        "status": {"capacity": capacity, "allocatable": capacity, "conditions": [
-            {"type": "Ready", "status": "True", "reason": "TestKubelet", "lastHeartbeatTime": now,
-             "lastTransitionTime": now}]},
-    }
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(node))
-    return CONVERTER_NODE
 
 
 @pytest.fixture
@@ -63,38 +47,11 @@ def store(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def converting(name: str, namespace: str, source: str) -> dict[str, Any]:
+def converting(name: str, namespace: str, source: str, precision: str = "fp16") -> dict[str, Any]:
+    """A model converted on the process node; Triton is placed on kwok's CPU node unless the caller moves it."""
     manifest = model_deployment(name, namespace, gpus=0, tolerations=[], maxBatchSize=8)
     manifest["spec"]["model"] = {"uri": f"pvc://model-store/sources/{source}", "format": "torchscript",
                                  "signature": CNN_SIGNATURE}
-    manifest["spec"]["conversion"] = {
-        "precision": "fp16", "store": "pvc://model-store/converted",
-        "nodeSelector": {"modelyard.dev/role": "converter"},
-        "tolerations": [{"key": "modelyard.dev/converter", "operator": "Exists", "effect": "NoSchedule"}],
-    }
+    manifest["spec"]["conversion"] = {"precision": precision, "store": "pvc://model-store/converted",
+                                      **ON_PROCESS_NODE}
     return manifest
-
-
-def play_kubelet(cluster: LocalCluster, admin: Kube, namespace: str, job_name: str, store: Path) -> int:
-    """Run the converter pod of `job_name` as its kubelet would, on the directory behind the PVC."""
-    pod = wait_for(f"the pod of {job_name} to be bound to the converter node", lambda: next(
-        (p for p in admin.list_by_labels(PODS, namespace, {"batch.kubernetes.io/job-name": job_name})
-         if p["spec"].get("nodeName") == CONVERTER_NODE), None))
-    container = pod["spec"]["containers"][0]
-    term = store.parent / f"{pod['metadata']['name']}.termination-log"
-    args = [str(store) + a[len("/mnt/store"):] if a.startswith("/mnt/store") else a for a in container["args"]]
-    args = [str(store) if a == "/mnt/source" else str(term) if a == "/dev/termination-log" else a for a in args]
-    code = converter_main(args)
-    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    status = {"status": {
-        "phase": "Succeeded" if code == 0 else "Failed",
-        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}],
-        "containerStatuses": [{
-            "name": "converter", "image": container["image"], "imageID": "", "ready": False, "restartCount": 0,
-            "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
-                                     "message": term.read_text(), "startedAt": now, "finishedAt": now}},
-        }],
-    }}
-    cluster.kubectl("patch", "pod", "-n", namespace, pod["metadata"]["name"], "--subresource=status",
-                    "--type=merge", "-p", json.dumps(status))
-    return code

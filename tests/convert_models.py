@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from samplemodels import CNN as CNN  # re-exported: the tests import their models from here
+
 CNN_SIGNATURE = {
     "inputs": [{"name": "image", "dataType": "FP32", "shape": [3, 32, 32]}],
     "outputs": [{"name": "logits", "dataType": "FP32", "shape": [10]}],
@@ -16,21 +18,6 @@ ENCODER_SIGNATURE = {
     "inputs": [{"name": "ids", "dataType": "INT64", "shape": [-1]}],
     "outputs": [{"name": "pooled", "dataType": "FP32", "shape": [16]}],
 }
-
-
-class CNN(torch.nn.Module):
-    """A small image classifier: two convolutions, global average pooling, 10 classes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1)
-        self.head = torch.nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        return self.head(x.mean(dim=(2, 3)))
 
 
 class ReferenceCNN(torch.nn.Module):

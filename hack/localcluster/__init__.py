@@ -1,5 +1,6 @@
-"""A real local Kubernetes control plane, no Docker: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-and kwok (fake nodes whose pods become Running), on loopback with free ports and generated certificates.
+"""A real local Kubernetes control plane, no Docker: etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+kwok (fake nodes whose pods become Running, for scale) and the process kubelet (a node whose pods run as real
+local processes: hack/processkubelet), on loopback with free ports and generated certificates.
 
 Binaries come from $KUBEBUILDER_ASSETS or PATH when all are there, otherwise from hack/control-plane/build.sh,
 which builds pinned versions from the Go module proxy into ~/.cache/modelyard/. A part that cannot be had is an
@@ -20,7 +21,9 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,11 +42,39 @@ CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-sche
 
 ADMIN_USER = "admin"
 OPERATOR_USER = "modelyard-operator"
+PROMETHEUS_USER = "modelyard-prometheus"
+SCRAPE_CONFIG = ROOT / "docs" / "monitoring" / "scrape-config.yaml"
+PROMETHEUS_BUILD = ROOT / "hack" / "prometheus" / "build.sh"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 
 
 RBAC_RULES = ROOT / "charts" / "modelyard" / "files" / "clusterrole-rules.yaml"
+
+
+def prometheus_rbac() -> list[dict[str, Any]]:
+    """What Prometheus's pod discovery needs: get, list and watch pods."""
+    role = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": PROMETHEUS_USER}
+    return [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": PROMETHEUS_USER},
+         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": PROMETHEUS_USER}, "roleRef": role,
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROMETHEUS_USER}]},
+    ]
+
+
+def find_prometheus() -> str:
+    """Prometheus with Kubernetes service discovery: $MODELYARD_PROMETHEUS, else hack/prometheus/build.sh's (built
+    from the Go module proxy once, then cached). Not one from PATH: Debian's is built without kubernetes_sd."""
+    given = os.environ.get("MODELYARD_PROMETHEUS")
+    if given:
+        return given
+    proc = subprocess.run(["bash", str(PROMETHEUS_BUILD)], capture_output=True, text=True, check=False)
+    path = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    if proc.returncode != 0 or not Path(path).is_file():
+        raise ControlPlaneMissing(f"{PROMETHEUS_BUILD} failed:\n{proc.stderr[-3000:]}")
+    return path
 
 
 def operator_rbac() -> list[dict[str, Any]]:
@@ -156,7 +187,7 @@ class _Pki:
                         x509.DNSName("localhost"),
                         x509.DNSName("kubernetes.default.svc"),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("10.0.0.1")),
+                        x509.IPAddress(ipaddress.ip_address("198.19.255.1")),
                     ]
                 ),
                 critical=False,
@@ -199,6 +230,13 @@ class LocalCluster:
     gpu_nodes: int = 2
     gpus_per_node: int = 2
     cpu_nodes: int = 1
+    process_nodes: int = 1
+    """Nodes run by the process kubelet (proc-node-<i>, tainted modelyard.dev/kubelet=process:NoSchedule)."""
+    process_backoff: float = 10.0
+    """The process kubelet's CrashLoopBackOff base delay."""
+    with_prometheus: bool = True
+    """Prometheus (hack/prometheus/build.sh) scraping the Triton pods with docs/monitoring/scrape-config.yaml."""
+    prometheus_port: int = 0
     with_controllers: bool = True
     binaries: Path | None = None
     port: int = 0
@@ -228,6 +266,10 @@ class LocalCluster:
     def server(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
     def bin(self, name: str) -> str:
         assert self.binaries is not None
         return str(self.binaries / name)
@@ -249,6 +291,7 @@ class LocalCluster:
         pki.issue("apiserver", "kube-apiserver", server=True)
         pki.issue(ADMIN_USER, ADMIN_USER, orgs=["system:masters"])
         pki.issue(OPERATOR_USER, OPERATOR_USER)
+        pki.issue(PROMETHEUS_USER, PROMETHEUS_USER)
         pki.service_account_keys()
         self.port = self.port or free_port()
         self._write_kubeconfig(self.kubeconfig, ADMIN_USER)
@@ -285,7 +328,7 @@ class LocalCluster:
                 f"--service-account-key-file={p / 'sa.pub'}",
                 f"--service-account-signing-key-file={p / 'sa.key'}",
                 f"--service-account-issuer={self.server}",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                "--service-cluster-ip-range=198.19.255.0/24",  # blackholed too: nothing routes ClusterIPs here
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
                 "--disable-admission-plugins=ServiceAccount",
@@ -320,17 +363,91 @@ class LocalCluster:
                 f"--kubeconfig={self.kubeconfig}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-                "--cidr=10.0.1.1/24",
-                "--node-ip=10.0.1.1",
+                # Fake pod IPs in the benchmarking range the process kubelet blackholes (hack/processkubelet/
+                # network.py): nothing that follows an EndpointSlice to a kwok pod can reach another network.
+                "--cidr=198.19.0.1/17",
+                "--node-ip=198.19.0.1",
                 "--node-lease-duration-seconds=40",
             ],
         )
+        for i in range(self.process_nodes):
+            self._spawn(
+                f"process-kubelet-{i}",
+                [sys.executable, "-m", "processkubelet", f"--kubeconfig={self.kubeconfig}",
+                 f"--state={self.kubelet_dir(i)}", f"--node=proc-node-{i}",
+                 f"--backoff-base={self.process_backoff}"],
+                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "hack"),
+                                                                  os.environ.get("PYTHONPATH", "")])},
+            )
         self.add_nodes()
+        if self.with_prometheus:
+            self._start_prometheus()
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def prometheus_config(self, scrape_interval: str = "2s") -> dict[str, Any]:
+        """docs/monitoring/scrape-config.yaml, pointed at this API server, plus what is local: a short interval
+        and only the process kubelet's pods (kwok's pods run nothing to scrape)."""
+        config = yaml.safe_load(SCRAPE_CONFIG.read_text())
+        for job in config["scrape_configs"]:
+            for sd in job["kubernetes_sd_configs"]:
+                sd["api_server"] = self.server
+                sd["tls_config"] = {"ca_file": str(self.pki / "ca.crt"),
+                                    "cert_file": str(self.pki / f"{PROMETHEUS_USER}.crt"),
+                                    "key_file": str(self.pki / f"{PROMETHEUS_USER}.key")}
+            job["relabel_configs"].insert(0, {"source_labels": ["__meta_kubernetes_pod_node_name"],
+                                              "regex": "proc-node-.*", "action": "keep"})
+        config["global"] = {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval}
+        return dict(config)
+
+    def _start_prometheus(self, timeout: float = 60) -> None:
+        binary = find_prometheus()
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                           "items": prometheus_rbac()}))
+        (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(self.prometheus_config()))
+        self.prometheus_port = self.prometheus_port or free_port()
+        self._spawn("prometheus", [binary, f"--config.file={self.workdir / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={self.workdir / 'prometheus'}",
+                                   f"--web.listen-address=127.0.0.1:{self.prometheus_port}", "--log.level=warn"])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["prometheus"].poll() is not None:
+                raise ControlPlaneMissing(f"prometheus exited: {self.log_tail('prometheus')}")
+            try:
+                with urllib.request.urlopen(f"{self.prometheus_url}/-/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise ControlPlaneMissing(f"prometheus was not ready in {timeout}s: {self.log_tail('prometheus')}")
+
+    def prometheus_query(self, query: str) -> list[dict[str, Any]]:
+        """An instant query against this cluster's Prometheus; the result vector."""
+        url = f"{self.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = json.loads(resp.read())
+        assert body["status"] == "success", body
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    def kubelet_dir(self, index: int = 0) -> Path:
+        """The process kubelet's state: pods/<ns>_<name>_<uid>/logs/<container>.log and the pods' roots."""
+        return self.workdir / f"process-kubelet-{index}"
+
+    def container_logs(self, namespace: str | None = None, chars: int = 3000) -> str:
+        """The tails of the process kubelet's container logs (of one namespace), for a failing test to print."""
+        out = []
+        for i in range(self.process_nodes):
+            for path in sorted(self.kubelet_dir(i).glob("pods/*/logs/*.log")):
+                pod_dir = path.parent.parent.name
+                if namespace is None or pod_dir.startswith(f"{namespace}_"):
+                    out.append(f"--- {pod_dir}/{path.name}\n{path.read_text(errors='replace')[-chars:]}")
+        return "\n".join(out) or "(no container logs)"
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.workdir / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop())
         self._logs.append(log)
-        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=env)
 
     def _ssl(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
@@ -396,6 +513,15 @@ class LocalCluster:
         nodes += [self._node(f"cpu-node-{i}", 0) for i in range(self.cpu_nodes)]
         self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": nodes}))
         self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=120s")
+        if self.process_nodes:  # the process kubelet registers its own node(s)
+            names = [f"node/proc-node-{i}" for i in range(self.process_nodes)]
+            deadline = time.monotonic() + 60
+            while self.kubectl("get", *names, check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise ControlPlaneMissing(f"the process kubelet did not register: "
+                                              f"{self.log_tail('process-kubelet-0')}")
+                time.sleep(0.3)
+            self.kubectl("wait", "--for=condition=Ready", *names, "--timeout=60s")
 
     @staticmethod
     def _node(name: str, gpus: int) -> dict[str, Any]:

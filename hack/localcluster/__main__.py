@@ -15,7 +15,8 @@ from localcluster import LocalCluster, find_binaries, operator_rbac
 def main() -> int:
     parser = argparse.ArgumentParser(prog="localcluster")
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start etcd, kube-apiserver, controller-manager, scheduler and kwok nodes")
+    up = sub.add_parser("up", help="start etcd, kube-apiserver, controller-manager, scheduler, kwok nodes, a process "
+                        "kubelet node and Prometheus")
     up.add_argument("--dir", required=True, type=Path, help="state directory; the kubeconfig is DIR/admin.kubeconfig")
     up.add_argument("--gpu-nodes", type=int, default=2)
     up.add_argument("--cpu-nodes", type=int, default=1)
@@ -29,8 +30,10 @@ def main() -> int:
         print(find_binaries())
         return 0
     cluster = LocalCluster(args.dir, gpu_nodes=args.gpu_nodes, cpu_nodes=args.cpu_nodes).start()
+    (args.dir / "prometheus-url").write_text(cluster.prometheus_url)
     (args.dir / "ready").write_text(str(cluster.kubeconfig))
-    print(f"local control plane up: export KUBECONFIG={cluster.kubeconfig}", flush=True)
+    print(f"local control plane up: export KUBECONFIG={cluster.kubeconfig}; Prometheus at {cluster.prometheus_url}",
+          flush=True)
     stop = False
 
     def _stop(*_: object) -> None:

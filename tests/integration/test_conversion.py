@@ -1,6 +1,6 @@
-"""Integration: the conversion stage against the real API server, with the test playing the kubelet for the
-converter pod (kwok runs no containers): it runs the converter with the pod's own arguments and writes the pod's
-status and termination message, exactly as a kubelet would.
+"""Integration: the conversion stage against the real API server. The converter pod runs for real on the process
+kubelet's node (its own args, env and volumes; the result comes back as its termination message); Triton's pods
+go to kwok's CPU node here (the e2e tier serves with a real Triton).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from conversion_support import condition, converter_node, converting, play_kubelet, store
+from conversion_support import ON_PROCESS_NODE, condition, converting, store
 from helpers import ready_condition, wait_for
 from localcluster import LocalCluster
 from modelyard.api.names import LABEL_REVISION
@@ -21,17 +21,17 @@ from modelyard.kube.client import DEPLOYMENTS, JOBS, MODEL_DEPLOYMENTS, SERVICES
 from modelyard.reconcile.model_deployment import Outcome, reconcile_model_deployment
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore")]
-__all__ = ["converter_node", "store"]  # fixtures
+__all__ = ["store"]  # fixtures
 warnings.filterwarnings("ignore")
 
 def reconcile(admin: Kube, operator: Kube, namespace: str, name: str) -> Outcome:
     body = admin.get(MODEL_DEPLOYMENTS, namespace, name)
     assert body is not None
-    return reconcile_model_deployment(operator, ModelDeployment.model_validate(body), converter_image="converter:test")
+    return reconcile_model_deployment(operator, ModelDeployment.model_validate(body))
 
 
 def test_converted_validated_then_ready_and_a_bad_model_leaves_the_serving_revision(
-    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str, store: Path, converter_node: str
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str, store: Path
 ) -> None:
     manifest = converting("conv", namespace, "cnn.pt")
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
@@ -39,21 +39,22 @@ def test_converted_validated_then_ready_and_a_bad_model_leaves_the_serving_revis
     # 1. A Job, and nothing to serve yet.
     first = reconcile(admin, operator_kube, namespace, "conv").revision
     job = admin.get(JOBS, namespace, f"conv-{first}-convert")
-    assert job is not None and job["spec"]["template"]["spec"]["nodeSelector"] == {"modelyard.dev/role": "converter"}
+    assert job is not None and job["spec"]["template"]["spec"]["nodeSelector"] == ON_PROCESS_NODE["nodeSelector"]
     assert admin.get(DEPLOYMENTS, namespace, f"conv-{first}") is None
     body = admin.get(MODEL_DEPLOYMENTS, namespace, "conv")
     assert body is not None
     assert (condition(body, "Converted")["status"], condition(body, "Converted")["reason"]) == ("Unknown", "Converting")
     assert ready_condition(body)["reason"] == "Converting"  # type: ignore[index]
 
-    # 2. The converter runs (the test is its kubelet): Converted, Validated, then Triton pods, then Ready.
-    assert play_kubelet(cluster, admin, namespace, f"conv-{first}-convert", store) == 0
-
+    # 2. The converter runs on the process node: Converted, Validated, then Triton pods, then Ready.
     def ready() -> Outcome | None:
         outcome = reconcile(admin, operator_kube, namespace, "conv")
         return outcome if outcome.ready else None
 
-    wait_for("the converted revision to be Ready", ready)
+    try:
+        wait_for("the converted revision to be Ready", ready, timeout=300, interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{cluster.container_logs(namespace)}") from None
     body = admin.get(MODEL_DEPLOYMENTS, namespace, "conv")
     assert body is not None
     converted, validated = condition(body, "Converted"), condition(body, "Validated")
@@ -75,14 +76,13 @@ def test_converted_validated_then_ready_and_a_bad_model_leaves_the_serving_revis
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
     second = reconcile(admin, operator_kube, namespace, "conv").revision
     assert second != first
-    assert play_kubelet(cluster, admin, namespace, f"conv-{second}-convert", store) == 1
 
     def rejected() -> dict[str, Any] | None:
         reconcile(admin, operator_kube, namespace, "conv")
         b = admin.get(MODEL_DEPLOYMENTS, namespace, "conv") or {}
         return b if condition(b, "Validated")["status"] == "False" else None
 
-    body = wait_for("Validated=False", rejected)
+    body = wait_for("Validated=False", rejected, timeout=300, interval=1)
     validated = condition(body, "Validated")
     assert validated["reason"] == "ValidationFailed" and "NaN/Inf" in validated["message"]
     ready_cond = ready_condition(body)

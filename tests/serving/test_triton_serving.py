@@ -16,6 +16,7 @@ from convert_models import CNN, CNN_SIGNATURE, ENCODER_SIGNATURE, save_exported_
 from modelyard.api.v1alpha1 import ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion
 from modelyard.convert.pipeline import Request, convert
+from modelyard.convert.shadow import python_shadow
 from tritonlocal import Triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.filterwarnings("ignore")]
@@ -39,9 +40,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Triton, d
         manifest = convert(Request(name, ModelSource.model_validate(src), Conversion.model_validate(conv), CPU,
                                    flavour="python"), d / "store")
         (repo / name).symlink_to(Path(manifest["repository"]) / name)
+    # A native TorchScript repository (pytorch_libtorch), served through its python-backend shadow.
+    ts = convert(Request("cnn_ts", ModelSource.model_validate(source(str(d / "cnn.pt"), "torchscript", CNN_SIGNATURE)),
+                         Conversion.model_validate({"target": "torchscript"}), CPU), d / "store")
+    python_shadow(Path(ts["repository"]), d / "shadow")
+    (repo / "cnn_ts").symlink_to(d / "shadow" / "cnn_ts")
     triton = Triton(repo, d).start()
     try:
-        yield triton, {"cnn": cnn, "cnn_int8": cnn, "encoder": encoder}
+        yield triton, {"cnn": cnn, "cnn_int8": cnn, "cnn_ts": cnn, "encoder": encoder}
     finally:
         triton.stop()
 
@@ -65,6 +71,18 @@ def test_cnn_over_http_matches_the_source(served: tuple[Triton, dict[str, torch.
     # The converter's own defaults for fp32 and int8: what it validated, the server must deliver.
     np.testing.assert_allclose(got, want, atol=atol, rtol=rtol)
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.75
+
+
+def test_torchscript_shadow_over_http_matches_the_source(
+    served: tuple[Triton, dict[str, torch.nn.Module]]
+) -> None:
+    triton, models = served
+    x = np.random.default_rng(5).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    inp = httpclient.InferInput("INPUT__0", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    got = client.infer("cnn_ts", [inp]).as_numpy("OUTPUT__0")
+    np.testing.assert_allclose(got, _source_out(models["cnn_ts"], x), atol=1e-5, rtol=1e-4)
 
 
 def test_encoder_over_grpc_matches_the_source(served: tuple[Triton, dict[str, torch.nn.Module]]) -> None:

@@ -1,0 +1,59 @@
+"""The one table that says which container image runs as which local program.
+
+A real kubelet pulls an image and runs its entrypoint; the process kubelet looks the image's repository (the
+reference without tag or digest) up here. An image that is not in the table fails its pod with ErrImagePull and
+a message that names this file: never a silent success.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class LocalImage:
+    """What one image runs locally."""
+
+    repository: str
+    kind: str
+    """triton | converter | testbox: selects what else the kubelet prepares (Triton's backends, addresses)."""
+    entrypoint: tuple[str, ...] = ()
+    """The image's ENTRYPOINT as a local argv; a container `command` replaces it, as in a real runtime."""
+    commands: dict[str, str] = field(default_factory=dict)
+    """Programs the image has on its PATH, by name -> the local program that stands for it."""
+
+
+def _triton_binary() -> str:
+    """tritonserver from the nvidia-pytriton wheel (CPU build, python backend only)."""
+    try:
+        import pytriton
+    except ImportError:  # the kubelet reports the pod as unrunnable with this path in the message
+        return "/nonexistent/nvidia-pytriton-is-not-installed/tritonserver"
+    return str(Path(pytriton.__file__).parent / "tritonserver" / "bin" / "tritonserver")
+
+
+def table() -> dict[str, LocalImage]:
+    python = sys.executable
+    images = [
+        LocalImage("nvcr.io/nvidia/tritonserver", "triton", commands={"tritonserver": _triton_binary()}),
+        LocalImage("ghcr.io/modelyard/converter", "converter",
+                   entrypoint=(python, str(ROOT / "runtime" / "converter" / "entrypoint.py")),
+                   commands={"python": python}),
+        # The process kubelet's own tests: a small program that serves probes, exits, writes its termination log.
+        LocalImage("modelyard.local/testbox", "testbox",
+                   entrypoint=(python, str(ROOT / "hack" / "processkubelet" / "testbox.py")),
+                   commands={"python": python}),
+    ]
+    return {i.repository: i for i in images}
+
+
+def repository_of(image: str) -> str:
+    """registry/path:tag@digest -> registry/path."""
+    name = image.split("@", 1)[0]
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    return name[:colon] if colon > slash else name

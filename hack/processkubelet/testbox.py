@@ -1,0 +1,58 @@
+"""The image `modelyard.local/testbox` of the process kubelet's own tests: one small program, several behaviours.
+
+    serve ADDRESS PORT [--ready-file F]   HTTP: /live is 200; /ready is 200 while F exists (always, without F)
+    exit CODE [MESSAGE]                   write MESSAGE to /dev/termination-log (or $TERMINATION_PATH), exit CODE
+    sleep [--ignore-term]                 sleep until SIGTERM (or only SIGKILL, with --ignore-term)
+    write PATH TEXT                       write TEXT to PATH, then sleep until SIGTERM
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import sys
+import time
+
+
+def serve(address: str, port: int, ready_file: str | None) -> None:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ok = self.path == "/live" or (self.path == "/ready" and (ready_file is None or os.path.exists(ready_file)))
+            self.send_response(200 if ok else 503)
+            self.end_headers()
+            self.wfile.write(b"ok\n" if ok else b"not ready\n")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    print(f"testbox: serving on {address}:{port}", flush=True)
+    http.server.ThreadingHTTPServer((address, port), Handler).serve_forever()
+
+
+def main(argv: list[str]) -> int:
+    cmd, rest = argv[0], argv[1:]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if cmd == "serve":
+        ready = rest[rest.index("--ready-file") + 1] if "--ready-file" in rest else None
+        serve(rest[0], int(rest[1]), ready)
+    elif cmd == "exit":
+        print(f"testbox: exiting with {rest[0]}", flush=True)
+        if len(rest) > 1:
+            with open(os.environ.get("TERMINATION_PATH", "/dev/termination-log"), "w") as fh:
+                fh.write(rest[1])
+        return int(rest[0])
+    elif cmd in ("sleep", "write"):
+        if cmd == "write":
+            with open(rest[0], "w") as fh:
+                fh.write(rest[1])
+        if "--ignore-term" in rest:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("testbox: sleeping", flush=True)
+        while True:
+            time.sleep(3600)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
