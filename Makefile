@@ -26,6 +26,10 @@ venv: $(BIN)/.installed ## Create .venv with the operator and its test tools
 control-plane: ## Build (once, cached in ~/.cache/modelyard) kube-apiserver, etcd, controller-manager, scheduler, kubectl, kwok
 	@bash hack/control-plane/build.sh
 
+.PHONY: prometheus
+prometheus: ## Build (once, cached in ~/.cache/modelyard) Prometheus for the local cluster's scraping tests and demo
+	@bash hack/prometheus/build.sh >/dev/null
+
 .PHONY: crds
 crds: venv ## Regenerate crds/, the chart's copy and docs/api.md from the pydantic models
 	$(BIN)/modelyard crd > $(CRD)
@@ -43,15 +47,15 @@ test-unit: venv ## Unit tests: renderers against golden files, schema, hashing
 	$(PYTEST) tests/unit
 
 .PHONY: test-integration
-test-integration: venv control-plane ## Integration tests against a real local kube-apiserver
+test-integration: venv control-plane prometheus ## Integration tests against a real local kube-apiserver
 	$(PYTEST) tests/integration
 
 .PHONY: test-e2e
-test-e2e: venv control-plane ## E2E: the operator process on the local cluster with kwok GPU nodes
+test-e2e: venv control-plane prometheus ## E2E: the operator on the local cluster: kwok nodes and real Triton pods
 	$(PYTEST) tests/e2e
 
 .PHONY: test
-test: lint control-plane ## Everything: lint, then unit, integration and e2e tests (one local cluster for all)
+test: lint control-plane prometheus ## Everything: lint, then unit, process-kubelet, integration and e2e tests
 	$(PYTEST) tests
 
 .PHONY: golden
@@ -59,7 +63,7 @@ golden: venv ## Rewrite the golden files from the renderers (review the diff)
 	UPDATE_GOLDEN=1 $(PYTEST) tests/unit -q
 
 .PHONY: demo
-demo: venv control-plane ## Local control plane + operator + examples/, wait for Ready, print `kubectl get mdep -o wide`
+demo: venv control-plane prometheus ## Local cluster + operator: serve a model for real, apply examples/, print the table
 	@bash hack/demo.sh
 
 .PHONY: kind-e2e

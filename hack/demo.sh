@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
-# make demo: bring up the local control plane, run the operator with its own RBAC, apply examples/,
-# wait until every ModelDeployment is Ready, print them. KEEP=1 leaves everything running.
+# make demo: bring up the local cluster (control plane, kwok nodes, a process-kubelet node, Prometheus), run the
+# operator with its own RBAC, then
+#   1. serve a model for real: build a small CNN, convert it to ONNX int8, validate it, serve it with Triton,
+#      send it one inference and print the answer next to the source model's (hack/demo_serve.py);
+#   2. apply examples/ (kwok nodes: scheduling and rollout logic at no cost) and wait until all are Ready;
+# and print `kubectl get mdep -o wide`. KEEP=1 leaves everything running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 state=${DEMO_DIR:-$root/.demo}
 rm -rf "$state" && mkdir -p "$state"
 py=$root/.venv/bin/python
-bins=$(bash hack/control-plane/build.sh)
+step() { echo; echo "== $*"; }
+timed() { local t=$SECONDS; "$@"; echo "   ($(( SECONDS - t ))s)" >&2; }
+
+step "control plane binaries (built from the Go module proxy on the first run, about 10 minutes; then cached)"
+bins=$(timed bash hack/control-plane/build.sh)
+step "Prometheus (built from the Go module proxy on the first run, a few minutes; then cached)"
+timed bash hack/prometheus/build.sh >/dev/null
 kubectl=("$bins/kubectl" --kubeconfig "$state/cluster/admin.kubeconfig")
 
 pids=()
 cleanup() {
   if [ "${KEEP:-0}" = 1 ]; then
-    echo "left running (pids ${pids[*]}); export KUBECONFIG=$state/cluster/admin.kubeconfig; stop with: kill ${pids[*]}"
+    echo "left running (pids ${pids[*]}); export KUBECONFIG=$state/cluster/admin.kubeconfig; Prometheus at" \
+      "$(cat "$state/cluster/prometheus-url" 2>/dev/null); stop with: kill ${pids[*]}"
     return
   fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -21,24 +32,32 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)"
+step "starting the local cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok, process kubelet, Prometheus)"
 (cd hack && exec "$py" -m localcluster up --dir "$state/cluster") > "$state/cluster.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 1 240); do [ -f "$state/cluster/ready" ] && break; kill -0 "${pids[0]}" 2>/dev/null || { cat "$state/cluster.log"; exit 1; }; sleep 0.5; done
-[ -f "$state/cluster/ready" ] || { echo "the control plane did not come up:"; cat "$state/cluster.log"; exit 1; }
-"${kubectl[@]}" get nodes -L modelyard.dev/accelerator
+for _ in $(seq 1 360); do [ -f "$state/cluster/ready" ] && break; kill -0 "${pids[0]}" 2>/dev/null || { cat "$state/cluster.log"; exit 1; }; sleep 0.5; done
+[ -f "$state/cluster/ready" ] || { echo "the cluster did not come up:"; cat "$state/cluster.log"; exit 1; }
+"${kubectl[@]}" get nodes -L modelyard.dev/accelerator -L modelyard.dev/kubelet
 
-echo "== installing the CRD and the operator's RBAC"
+step "installing the CRD and the operator's RBAC"
 "${kubectl[@]}" apply -f crds/
 "${kubectl[@]}" wait --for=condition=Established crd/modeldeployments.modelyard.dev --timeout=60s
 (cd hack && "$py" -m localcluster rbac) | "${kubectl[@]}" apply -f -
 
-echo "== running the operator as user modelyard-operator (log: $state/operator.log)"
+step "running the operator as user modelyard-operator (log: $state/operator.log)"
 KUBECONFIG="$state/cluster/operator.kubeconfig" MODELYARD_METRICS_PORT=0 MODELYARD_RESYNC_SECONDS=10 \
   "$py" -m modelyard --liveness= > "$state/operator.log" 2>&1 &
 pids+=($!)
 
-echo "== kubectl apply -f examples/"
+step "part 1: a model served for real (the converter and Triton run as processes on proc-node-0)"
+if ! timed "$py" hack/demo_serve.py --kubectl "$bins/kubectl" --kubeconfig "$state/cluster/admin.kubeconfig" \
+    --store "$state/store" --prometheus "$(cat "$state/cluster/prometheus-url")"; then
+  tail -40 "$state/operator.log"
+  for f in "$state"/cluster/process-kubelet-0/pods/*/logs/*.log; do echo "--- $f"; tail -20 "$f"; done
+  exit 1
+fi
+
+step "part 2: kubectl apply -f examples/ (kwok's fake GPU and CPU nodes: scheduling and rollouts, nothing runs)"
 "${kubectl[@]}" apply -f examples/
 if ! "${kubectl[@]}" wait --for=condition=Ready mdep --all -A --timeout=180s; then
   "${kubectl[@]}" get mdep -A -o wide
