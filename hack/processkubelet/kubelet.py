@@ -93,7 +93,8 @@ class Node:
         return node_ip(self.index)
 
     def manifest(self) -> Obj:
-        capacity = {"cpu": "8", "memory": "32Gi", "pods": "50", "ephemeral-storage": "100Gi"}
+        # A 2-core machine runs a handful of Tritons at once: the pod count bounds it (kwok is for scale).
+        capacity = {"cpu": "8", "memory": "32Gi", "pods": "16", "ephemeral-storage": "100Gi"}
         labels = {"kubernetes.io/hostname": self.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                   NODE_LABEL: "process"}
         if self.gpus:
