@@ -30,6 +30,10 @@ control-plane: ## Build (once, cached in ~/.cache/modelyard) kube-apiserver, etc
 prometheus: ## Build (once, cached in ~/.cache/modelyard) Prometheus for the local cluster's scraping tests and demo
 	@bash hack/prometheus/build.sh >/dev/null
 
+.PHONY: gateway
+gateway: ## Build (once, cached in ~/.cache/modelyard) Traefik and the Gateway API CRDs for the local cluster
+	@bash hack/traefik/build.sh >/dev/null
+
 .PHONY: crds
 crds: venv ## Regenerate crds/, the chart's copy and docs/api.md from the pydantic models
 	$(BIN)/modelyard crd > $(CRD)
@@ -47,15 +51,15 @@ test-unit: venv ## Unit tests: renderers against golden files, schema, hashing
 	$(PYTEST) tests/unit
 
 .PHONY: test-integration
-test-integration: venv control-plane prometheus ## Integration tests against a real local kube-apiserver
+test-integration: venv control-plane prometheus gateway ## Integration tests against a real local kube-apiserver
 	$(PYTEST) tests/integration
 
 .PHONY: test-e2e
-test-e2e: venv control-plane prometheus ## E2E: the operator on the local cluster: kwok nodes and real Triton pods
+test-e2e: venv control-plane prometheus gateway ## E2E: the operator on the local cluster: kwok nodes and real Triton pods
 	$(PYTEST) tests/e2e
 
 .PHONY: test
-test: lint control-plane prometheus ## Everything: lint, then unit, process-kubelet, integration and e2e tests
+test: lint control-plane prometheus gateway ## Everything: lint, then unit, process-kubelet, integration and e2e tests
 	$(PYTEST) tests
 
 .PHONY: golden
@@ -63,7 +67,7 @@ golden: venv ## Rewrite the golden files from the renderers (review the diff)
 	UPDATE_GOLDEN=1 $(PYTEST) tests/unit -q
 
 .PHONY: demo
-demo: venv control-plane prometheus ## Local cluster + operator: serve a model for real, apply examples/, print the table
+demo: venv control-plane prometheus gateway ## Local cluster + operator: serve a model for real, apply examples/, print the table
 	@bash hack/demo.sh
 
 .PHONY: kind-e2e

@@ -18,6 +18,8 @@ step "control plane binaries (built from the Go module proxy on the first run, a
 bins=$(timed bash hack/control-plane/build.sh)
 step "Prometheus (built from the Go module proxy on the first run, a few minutes; then cached)"
 timed bash hack/prometheus/build.sh >/dev/null
+step "Traefik and the Gateway API CRDs (built from the Go module proxy on the first run, a few minutes; then cached)"
+timed bash hack/traefik/build.sh >/dev/null
 kubectl=("$bins/kubectl" --kubeconfig "$state/cluster/admin.kubeconfig")
 
 pids=()
@@ -32,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "starting the local cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok, process kubelet, Prometheus)"
+step "starting the local cluster (etcd, kube-apiserver, controller-manager, scheduler, kwok, process kubelet, Traefik, Prometheus)"
 (cd hack && exec "$py" -m localcluster up --dir "$state/cluster") > "$state/cluster.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 360); do [ -f "$state/cluster/ready" ] && break; kill -0 "${pids[0]}" 2>/dev/null || { cat "$state/cluster.log"; exit 1; }; sleep 0.5; done

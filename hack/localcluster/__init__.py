@@ -45,6 +45,10 @@ OPERATOR_USER = "modelyard-operator"
 PROMETHEUS_USER = "modelyard-prometheus"
 SCRAPE_CONFIG = ROOT / "docs" / "monitoring" / "scrape-config.yaml"
 PROMETHEUS_BUILD = ROOT / "hack" / "prometheus" / "build.sh"
+TRAEFIK_BUILD = ROOT / "hack" / "traefik" / "build.sh"
+GATEWAY_NAMESPACE = "gateway-system"
+GATEWAY_NAME = "local"
+"""The local cluster's one Gateway (class traefik): HTTPRoutes from every namespace may attach to it."""
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
 
@@ -62,6 +66,18 @@ def prometheus_rbac() -> list[dict[str, Any]]:
          "metadata": {"name": PROMETHEUS_USER}, "roleRef": role,
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": PROMETHEUS_USER}]},
     ]
+
+
+def find_traefik() -> Path:
+    """The directory with Traefik and the Gateway API CRDs it speaks (hack/traefik/build.sh; cached)."""
+    given = os.environ.get("MODELYARD_TRAEFIK_DIR")
+    if given:
+        return Path(given)
+    proc = subprocess.run(["bash", str(TRAEFIK_BUILD)], capture_output=True, text=True, check=False)
+    path = Path(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else Path("/nonexistent")
+    if proc.returncode != 0 or not (path / "traefik").is_file():
+        raise ControlPlaneMissing(f"{TRAEFIK_BUILD} failed:\n{proc.stderr[-3000:]}")
+    return path
 
 
 def find_prometheus() -> str:
@@ -234,6 +250,10 @@ class LocalCluster:
     """Nodes run by the process kubelet (proc-node-<i>, tainted modelyard.dev/kubelet=process:NoSchedule)."""
     process_backoff: float = 10.0
     """The process kubelet's CrashLoopBackOff base delay."""
+    with_gateway: bool = True
+    """Traefik as the Gateway API implementation, with Gateway gateway-system/local listening on gateway_port."""
+    gateway_port: int = 0
+    traefik_metrics_port: int = 0
     with_prometheus: bool = True
     """Prometheus (hack/prometheus/build.sh) scraping the Triton pods with docs/monitoring/scrape-config.yaml."""
     prometheus_port: int = 0
@@ -265,6 +285,11 @@ class LocalCluster:
     @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def gateway_url(self) -> str:
+        """Traefik's entrypoint for the Gateway's listener: send requests here with the route's Host header."""
+        return f"http://127.0.0.1:{self.gateway_port}"
 
     @property
     def prometheus_url(self) -> str:
@@ -380,8 +405,71 @@ class LocalCluster:
                                                                   os.environ.get("PYTHONPATH", "")])},
             )
         self.add_nodes()
+        if self.with_gateway:
+            self._start_traefik()
         if self.with_prometheus:
             self._start_prometheus()
+
+    def _start_traefik(self, timeout: float = 60) -> None:
+        home = find_traefik()
+        self.kubectl("apply", "--server-side", "-f", str(home / "gateway-api-crds"))
+        self.kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io",
+                     "crd/gateways.gateway.networking.k8s.io", "--timeout=60s")
+        # Traefik's own RBAC for its Gateway provider (from its module), bound to a ServiceAccount whose token it
+        # uses: its out-of-cluster client takes a bearer token, not a client certificate.
+        rbac = [d for d in yaml.safe_load_all((home / "kubernetes-gateway-rbac.yml").read_text())
+                if d and d.get("kind") == "ClusterRole"]
+        role = rbac[0]["metadata"]["name"]
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            *rbac,
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "traefik", "namespace": "kube-system"}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": "modelyard-local-traefik"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+             "subjects": [{"kind": "ServiceAccount", "name": "traefik", "namespace": "kube-system"}]},
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": GATEWAY_NAMESPACE}},
+        ]}))
+        token = self.kubectl("create", "token", "traefik", "-n", "kube-system", "--duration=720h").stdout.strip()
+        (self.workdir / "traefik.token").write_text(token)
+        self.gateway_port = self.gateway_port or free_port()
+        self.traefik_metrics_port = self.traefik_metrics_port or free_port()
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "traefik"},
+             "spec": {"controllerName": "traefik.io/gateway-controller"}},
+            # Traefik serves a listener on the entrypoint with the same port.
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+             "metadata": {"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE},
+             "spec": {"gatewayClassName": "traefik", "listeners": [
+                 {"name": "http", "protocol": "HTTP", "port": self.gateway_port,
+                  "allowedRoutes": {"namespaces": {"from": "All"}}}]}},
+        ]}))
+        self._spawn("traefik", [
+            str(home / "traefik"),
+            f"--entrypoints.web.address=127.0.0.1:{self.gateway_port}",
+            f"--entrypoints.traefik.address=127.0.0.1:{self.traefik_metrics_port}",
+            "--providers.kubernetesgateway=true",
+            f"--providers.kubernetesgateway.endpoint={self.server}",
+            f"--providers.kubernetesgateway.token={self.workdir / 'traefik.token'}",
+            f"--providers.kubernetesgateway.certauthfilepath={self.pki / 'ca.crt'}",
+            "--providers.kubernetesgateway.statusaddress.ip=127.0.0.1",
+            "--metrics.prometheus=true", "--metrics.prometheus.entrypoint=traefik",
+            "--metrics.prometheus.addserviceslabels=true", "--metrics.prometheus.addrouterslabels=true",
+            "--ping=true", "--ping.entrypoint=traefik", "--log.level=INFO",
+            # No calls home: this machine reaches nothing but the package registries, and must not try.
+            "--global.checknewversion=false", "--global.sendanonymoususage=false",
+        ])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["traefik"].poll() is not None:
+                raise ControlPlaneMissing(f"traefik exited: {self.log_tail('traefik')}")
+            programmed = self.kubectl("get", "gateway", "-n", GATEWAY_NAMESPACE, GATEWAY_NAME, "-o",
+                                      "jsonpath={.status.conditions[?(@.type=='Programmed')].status}",
+                                      check=False).stdout
+            if programmed == "True":
+                return
+            time.sleep(0.5)
+        raise ControlPlaneMissing(f"the Gateway was not Programmed by Traefik in {timeout}s: "
+                                  f"{self.log_tail('traefik')}")
 
     def prometheus_config(self, scrape_interval: str = "2s") -> dict[str, Any]:
         """docs/monitoring/scrape-config.yaml, pointed at this API server, plus what is local: a short interval
@@ -395,6 +483,9 @@ class LocalCluster:
                                     "key_file": str(self.pki / f"{PROMETHEUS_USER}.key")}
             job["relabel_configs"].insert(0, {"source_labels": ["__meta_kubernetes_pod_node_name"],
                                               "regex": "proc-node-.*", "action": "keep"})
+        if self.with_gateway:  # the gateway's own request metrics, per route and backend Service
+            config["scrape_configs"].append({"job_name": "traefik", "static_configs": [
+                {"targets": [f"127.0.0.1:{self.traefik_metrics_port}"]}]})
         config["global"] = {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval}
         return dict(config)
 

@@ -1,6 +1,7 @@
 """The image `modelyard.local/testbox` of the process kubelet's own tests: one small program, several behaviours.
 
-    serve ADDRESS PORT [--ready-file F]   HTTP: /live is 200; /ready is 200 while F exists (always, without F)
+    serve ADDRESS PORT [--ready-file F]   HTTP: /live is 200; /ready is 200 while F exists (always, without F);
+                                          /who answers the pod's name ($HOSTNAME), for traffic-split tests
     exit CODE [MESSAGE]                   write MESSAGE to /dev/termination-log (or $TERMINATION_PATH), exit CODE
     sleep [--ignore-term]                 sleep until SIGTERM (or only SIGKILL, with --ignore-term)
     write PATH TEXT                       write TEXT to PATH, then sleep until SIGTERM
@@ -18,6 +19,13 @@ import time
 def serve(address: str, port: int, ready_file: str | None) -> None:
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            if self.path == "/who":
+                body = os.environ.get("HOSTNAME", "?").encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             ok = self.path == "/live" or (self.path == "/ready" and (ready_file is None or os.path.exists(ready_file)))
             self.send_response(200 if ok else 503)
             self.end_headers()

@@ -1,0 +1,99 @@
+"""The local cluster's traffic path: Traefik (Gateway API) splits real requests between real pods by HTTPRoute
+weights, and Prometheus sees the gateway's per-backend counts. What canary rollouts are built on."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from helpers import wait_for
+from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
+from processkubelet.kubelet import NODE_TAINT
+
+pytestmark = pytest.mark.integration
+
+ON_PROCESS_NODE = {
+    "nodeSelector": {"modelyard.dev/kubelet": "process"},
+    "tolerations": [{"key": NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+def backend(name: str, namespace: str) -> list[dict[str, Any]]:
+    """A testbox pod answering its own name on /who, and a Service in front of it."""
+    return [
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+         "spec": {**ON_PROCESS_NODE, "terminationGracePeriodSeconds": 2, "containers": [{
+             "name": "main", "image": "modelyard.local/testbox:1", "args": ["serve", "$(POD_IP)", "8080"],
+             "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+             "ports": [{"name": "http", "containerPort": 8080}],
+             "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1}}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+         "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
+    ]
+
+
+def route(namespace: str, weights: dict[str, int]) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "split", "namespace": namespace},
+            "spec": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
+                     "hostnames": [f"split.{namespace}.local"],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                                "backendRefs": [{"name": n, "port": 80, "weight": w} for n, w in weights.items()]}]}}
+
+
+def ask(cluster: LocalCluster, namespace: str, n: int) -> Counter[str]:
+    answers: Counter[str] = Counter()
+    for _ in range(n):
+        req = urllib.request.Request(f"{cluster.gateway_url}/who", headers={"Host": f"split.{namespace}.local"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                answers[resp.read().decode()] += 1
+        except OSError as exc:
+            answers[f"error: {exc}"] += 1
+    return answers
+
+
+def test_the_gateway_splits_real_traffic_by_route_weights(cluster: LocalCluster, namespace: str) -> None:
+    items = [*backend("stable", namespace), *backend("canary", namespace), route(namespace, {"stable": 80,
+                                                                                                "canary": 20})]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    for name in ("stable", "canary"):
+        cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"pod/{name}", "--timeout=60s")
+
+    def accepted() -> bool:
+        status = json.loads(cluster.kubectl("get", "httproute", "-n", namespace, "split", "-o", "json").stdout)
+        parents = status.get("status", {}).get("parents", [])
+        return any(c["type"] == "Accepted" and c["status"] == "True" for p in parents for c in p["conditions"])
+
+    wait_for("Traefik to accept the HTTPRoute", accepted, timeout=60)
+    seen: list[Counter[str]] = []
+
+    def answering() -> bool:
+        seen.append(ask(cluster, namespace, 1))
+        return seen[-1].keys() <= {"stable", "canary"}
+
+    try:
+        wait_for("the route to answer", answering, timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen[-1]}\n{cluster.log_tail('traefik')}") from None
+
+    answers = ask(cluster, namespace, 200)
+    assert set(answers) == {"stable", "canary"}, answers  # no errors
+    # Weighted round robin over 200 requests: 20% within a wide margin, not a coin that always lands one way.
+    assert 20 <= answers["canary"] <= 60, answers
+
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(route(namespace, {"stable": 0, "canary": 100})))
+    wait_for("all traffic on the canary", lambda: ask(cluster, namespace, 20) == Counter({"canary": 20}),
+             timeout=60, interval=1)
+
+    # The gateway's own per-backend counters reach Prometheus: a canary analysis reads them there.
+    def counted() -> list[dict[str, Any]] | None:
+        result = cluster.prometheus_query(
+            f'sum by (service) (traefik_service_requests_total{{service=~"{namespace}-canary-.*"}})')
+        return result if result and float(result[0]["value"][1]) >= answers["canary"] + 20 else None
+
+    assert wait_for("Prometheus to count the canary's requests at the gateway", counted, timeout=60, interval=1)
