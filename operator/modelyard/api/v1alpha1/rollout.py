@@ -1,0 +1,128 @@
+"""spec.rollout and status.rollout: canary rollouts with automated analysis (issue: canary rollouts).
+
+Not part of ModelDeploymentSpec yet: the CRD gains these fields together with the reconciler that acts on them,
+so that no manifest is accepted with a section the operator would ignore. The decision they drive is
+modelyard.rollout.canary.next_step, a pure function tested as a table.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from modelyard.api.v1alpha1.common import Observed, Spec
+
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def seconds(duration: str) -> float:
+    """A Kubernetes-style duration ("90s", "1m30s", "250ms") in seconds."""
+    if not re.fullmatch(DURATION_PATTERN, duration):
+        raise ValueError(f"{duration!r} is not a duration such as 30s, 2m or 1h30m")
+    return sum(float(n) * _UNITS[u] for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(ms|s|m|h)", duration))
+
+
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+
+
+class Pause(Spec):
+    duration: Duration | None = Field(
+        default=None, description="How long to hold the current weight; without it, until a person resumes.")
+
+
+class Step(Spec):
+    set_weight: int | None = Field(default=None, ge=1, le=100,
+                                   description="Percent of the gateway's requests that go to the canary.")
+    pause: Pause | None = Field(default=None, description="Hold the current weight.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Step:
+        if (self.set_weight is None) == (self.pause is None):
+            raise ValueError("a step is either setWeight or pause")
+        return self
+
+
+def _default_steps() -> list[Step]:
+    return [Step(set_weight=10), Step(set_weight=25), Step(set_weight=50)]
+
+
+class Latency(Spec):
+    quantile: float = Field(default=0.99, gt=0, lt=1, description="Which latency quantile is checked.")
+    max_ms: float | None = Field(default=None, gt=0, description="The canary's quantile may not exceed this.")
+    max_ratio_to_stable: float | None = Field(
+        default=None, gt=0, description="The canary's quantile may not exceed the stable revision's times this.")
+
+
+class CustomMetric(Spec):
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                      description="Named in conditions and events.")
+    query: str = Field(min_length=1, max_length=4096,
+                       description="PromQL returning one number; $canary and $stable stand for the revisions.")
+    min: float | None = Field(default=None, description="The value must be at least this.")
+    max: float | None = Field(default=None, description="The value must be at most this.")
+
+
+class Analysis(Spec):
+    interval: Duration = Field(default="30s", description="How often the canary is measured.")
+    failure_limit: int = Field(default=2, ge=1, le=100,
+                               description="Failed checks (over the whole rollout) that roll the canary back.")
+    min_requests: int = Field(
+        default=20, ge=1, description="Canary requests an interval needs before it is judged; fewer is "
+        "inconclusive: the rollout waits, it does not pass.")
+    min_success_rate: float | None = Field(
+        default=99.0, ge=0, le=100, description="Percent of the canary's requests that must succeed.")
+    latency: Latency | None = Field(default=None, description="Latency checks on the canary's requests.")
+    custom: list[CustomMetric] | None = Field(default=None, max_length=16, description="Your own checks.")
+
+
+class Canary(Spec):
+    steps: list[Step] = Field(default_factory=_default_steps, min_length=1, max_length=32,
+                              description="setWeight and pause steps; promotion follows the last one.")
+    analysis: Analysis = Field(default_factory=Analysis, description="What the canary is measured on.")
+
+
+class Rollout(Spec):
+    strategy: str = Field(default="blueGreen", pattern="^(blueGreen|canary)$",
+                          description="blueGreen: switch when the new revision is ready. canary: shift traffic in "
+                          "steps through the gateway, measured at each.")
+    paused: bool = Field(default=False, description="Hold the rollout where it is (analysis goes on).")
+    canary: Canary = Field(default_factory=Canary, description="Steps and analysis of the canary strategy.")
+
+
+# --- status ------------------------------------------------------------------------------------------------------
+
+
+class CheckResult(Observed):
+    name: str
+    value: float | None = None
+    """None: no data."""
+    threshold: str = ""
+    """As a person reads it: '>= 99%', '<= 200 ms'."""
+    passed: bool | None = None
+    """None: inconclusive."""
+
+
+class Measurement(Observed):
+    """One analysis interval of the canary."""
+
+    at: float
+    """When it was taken (epoch seconds)."""
+    requests: int = 0
+    checks: list[CheckResult] = Field(default_factory=list)
+
+
+class RolloutStatus(Observed):
+    """Where a canary rollout stands: enough to resume exactly there after an operator restart."""
+
+    canary: str = Field(description="The canary revision.")
+    step: int = Field(default=0, description="Index of the current step in spec.rollout.canary.steps.")
+    weight: int = Field(default=0, ge=0, le=100, description="Percent of the gateway's requests the canary gets.")
+    step_started_at: float = Field(default=0, description="When the current step began (epoch seconds).")
+    passed_at_step: int = Field(default=0, description="Passed analyses at the current step.")
+    failed_checks: int = Field(default=0, description="Failed analyses over the whole rollout.")
+    last_measurement: Measurement | None = Field(default=None, description="The last analysis and its numbers.")
+    phase: str = Field(default="Progressing", description="Progressing, Paused, Promoted or RolledBack.")
+    message: str = Field(default="", description="What the rollout waits for or why it ended, with numbers.")

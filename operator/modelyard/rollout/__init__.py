@@ -1,0 +1,1 @@
+"""Rollout decisions: pure functions of state, measurements and spec (no I/O)."""

@@ -1,0 +1,154 @@
+"""The canary's next move: a pure function of the rollout's state, the newest measurement and the spec.
+
+The reconciler observes (is the canary Ready, what did the last analysis measure, did a person ask for
+something), calls next_step, applies the weight it returns and records the state in status.rollout, so an
+operator restart resumes at the same step with the same weight. Rules:
+- a new canary revision (a spec change, even mid-rollout) starts from step 0 at weight 0;
+- a setWeight step moves the weight only to a canary whose pods are all Ready, and completes once an analysis at
+  that weight has passed: evidence at every weight; too little traffic is inconclusive and the rollout waits;
+- a pause holds for its duration, or, without one, until a person resumes that step;
+- failed analyses count over the whole rollout; at failureLimit the canary is rolled back: weight 0 at once,
+  and the revision stays rolled back (it is remembered) until the spec changes again;
+- after the last step the canary is promoted: weight 100, it becomes the stable revision;
+- a person can pause (spec.rollout.paused: analysis goes on), promote now, or abort.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modelyard.api.v1alpha1.rollout import Analysis, Measurement, Rollout, RolloutStatus, seconds
+
+PROGRESSING, WAITING, PAUSED = "CanaryProgressing", "CanaryWaiting", "CanaryPaused"
+PROMOTED, ROLLED_BACK = "CanaryPromoted", "CanaryRolledBack"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the reconciler saw this time."""
+
+    canary: str
+    """The latest revision: the one being rolled out."""
+    canary_ready: bool
+    now: float
+    measurement: Measurement | None = None
+    """The newest analysis of the canary (the same one again is not counted twice)."""
+    resume: bool = False
+    """A person released the indefinite pause at the current step."""
+    promote: bool = False
+    abort: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: RolloutStatus
+    weight: int
+    """The canary's share of the gateway's requests, to apply now (0 while its pods are not Ready)."""
+    reason: str
+    event: str | None = None
+    """Something changed that deserves an event (a new weight, an analysis, the end), with its numbers."""
+
+
+def verdict(m: Measurement, analysis: Analysis) -> tuple[str, str]:
+    """passed | failed | inconclusive, and the numbers as a person reads them."""
+    checks = ", ".join(f"{c.name} {_num(c.value)} {c.threshold}".strip() for c in m.checks)
+    summary = f"{checks}, {m.requests:,} requests" if checks else f"{m.requests:,} requests"
+    if m.requests < analysis.min_requests:
+        return "inconclusive", f"{m.requests:,} requests < {analysis.min_requests:,} needed to judge"
+    if any(c.passed is False for c in m.checks):
+        failed = ", ".join(f"{c.name} {_num(c.value)} not {c.threshold}" for c in m.checks if c.passed is False)
+        return "failed", f"{failed} ({m.requests:,} requests)"
+    if any(c.passed is None for c in m.checks):
+        missing = ", ".join(c.name for c in m.checks if c.passed is None)
+        return "inconclusive", f"no data for {missing} ({m.requests:,} requests)"
+    return "passed", summary
+
+
+def _num(v: float | None) -> str:
+    return "no data" if v is None else f"{v:.4g}"
+
+
+def _with(s: RolloutStatus, **changes: object) -> RolloutStatus:
+    return s.model_copy(update=changes)
+
+
+def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Decision:
+    """Given where the rollout is and what was just observed, what happens next."""
+    now = seen.now
+    if state is None or state.canary != seen.canary:
+        state = RolloutStatus(canary=seen.canary, step_started_at=now)
+    if state.phase == "Promoted":
+        return Decision(state, 100, PROMOTED)
+    if state.phase == "RolledBack":
+        return Decision(state, 0, ROLLED_BACK)
+    if seen.abort:
+        return _roll_back(state, "aborted by a person")
+    if seen.promote:
+        return _promote(state, "promoted by a person")
+
+    event: str | None = None
+    inconclusive = ""
+    analysis = spec.canary.analysis
+    m = seen.measurement
+    fresh = m is not None and (state.last_measurement is None or m.at > state.last_measurement.at)
+    if m is not None and fresh and state.weight > 0:
+        outcome, summary = verdict(m, analysis)
+        state = _with(state, last_measurement=m)
+        if outcome == "failed":
+            failed = state.failed_checks + 1
+            state = _with(state, failed_checks=failed)
+            if failed >= analysis.failure_limit:
+                return _roll_back(state, f"weight {state.weight}%: {summary}; {failed} failed checks reached "
+                                         f"failureLimit {analysis.failure_limit}")
+            event = f"weight {state.weight}%: check failed ({failed}/{analysis.failure_limit}): {summary}"
+        elif outcome == "passed":
+            state = _with(state, passed_at_step=state.passed_at_step + 1)
+            event = f"weight {state.weight}%: {summary}"
+        else:
+            inconclusive = f"; inconclusive: {summary}"
+
+    def hold(current: RolloutStatus, reason: str, message: str) -> Decision:
+        phase = "Paused" if reason == PAUSED else "Progressing"
+        held = _with(current, phase=phase, message=message)
+        return Decision(held, held.weight if seen.canary_ready else 0, reason, event)
+
+    if spec.paused:
+        return hold(state, PAUSED, f"paused by spec.rollout.paused at weight {state.weight}%{inconclusive}")
+
+    steps = spec.canary.steps
+    while state.step < len(steps):
+        step, where = steps[state.step], f"step {state.step + 1}/{len(steps)}"
+        if step.set_weight is not None:
+            if state.weight != step.set_weight:
+                if not seen.canary_ready:
+                    return hold(state, WAITING, f"{where}: waiting for the canary's pods to be Ready before "
+                                         f"{step.set_weight}%")
+                state = _with(state, weight=step.set_weight, step_started_at=now, passed_at_step=0, phase="Progressing",
+                              message=f"{where}: weight {step.set_weight}%")
+                return Decision(state, state.weight, PROGRESSING,
+                                "; ".join(e for e in (event, f"{where}: weight {step.set_weight}%") if e))
+            if state.passed_at_step < 1:
+                return hold(state, WAITING, f"{where}: weight {state.weight}%, waiting for a passing analysis"
+                                     f"{inconclusive}")
+        elif step.pause is not None:
+            if step.pause.duration is None:
+                if not seen.resume:
+                    return hold(state, PAUSED, f"{where}: paused at weight {state.weight}% until a person resumes")
+            else:
+                left = seconds(step.pause.duration) - (now - state.step_started_at)
+                if left > 0:
+                    return hold(state, WAITING, f"{where}: pause {step.pause.duration} at weight {state.weight}%, "
+                                         f"{left:.0f}s left{inconclusive}")
+        state = _with(state, step=state.step + 1, step_started_at=now, passed_at_step=0)
+    promoted = _promote(state, f"all {len(steps)} steps passed")
+    return Decision(promoted.status, 100, PROMOTED, "; ".join(e for e in (event, promoted.event) if e))
+
+
+def _promote(state: RolloutStatus, why: str) -> Decision:
+    done = _with(state, weight=100, phase="Promoted", message=f"promoted: {why}")
+    return Decision(done, 100, PROMOTED, f"revision {state.canary} promoted: {why}")
+
+
+def _roll_back(state: RolloutStatus, why: str) -> Decision:
+    done = _with(state, weight=0, phase="RolledBack", message=f"rolled back: {why}")
+    return Decision(done, 0, ROLLED_BACK, f"revision {state.canary} rolled back: {why}")
