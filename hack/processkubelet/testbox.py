@@ -1,7 +1,9 @@
 """The image `modelyard.local/testbox` of the process kubelet's own tests: one small program, several behaviours.
 
     serve ADDRESS PORT [--ready-file F]   HTTP: /live is 200; /ready is 200 while F exists (always, without F);
-                                          /who answers the pod's name ($HOSTNAME), for traffic-split tests
+                                          /who answers the pod's name ($HOSTNAME), for traffic-split tests;
+                                          --fail-percent P: /who fails P% of requests (503), evenly spread;
+                                          --delay-ms D: /who answers after D ms
     exit CODE [MESSAGE]                   write MESSAGE to /dev/termination-log (or $TERMINATION_PATH), exit CODE
     sleep [--ignore-term]                 sleep until SIGTERM (or only SIGKILL, with --ignore-term)
     write PATH TEXT                       write TEXT to PATH, then sleep until SIGTERM
@@ -10,18 +12,24 @@
 from __future__ import annotations
 
 import http.server
+import itertools
 import os
 import signal
 import sys
 import time
 
 
-def serve(address: str, port: int, ready_file: str | None) -> None:
+def serve(address: str, port: int, ready_file: str | None, fail_percent: int = 0, delay_ms: int = 0) -> None:
+    served = itertools.count()
+
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/who":
+                time.sleep(delay_ms / 1000)
                 body = os.environ.get("HOSTNAME", "?").encode()
-                self.send_response(200)
+                n = next(served)  # evenly spread: exactly P of every 100, about P% of any stretch
+                failing = (n + 1) * fail_percent // 100 > n * fail_percent // 100
+                self.send_response(503 if failing else 200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -42,8 +50,11 @@ def main(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if cmd == "serve":
-        ready = rest[rest.index("--ready-file") + 1] if "--ready-file" in rest else None
-        serve(rest[0], int(rest[1]), ready)
+        def option(name: str) -> str | None:
+            return rest[rest.index(name) + 1] if name in rest else None
+
+        serve(rest[0], int(rest[1]), option("--ready-file"), int(option("--fail-percent") or 0),
+              int(option("--delay-ms") or 0))
     elif cmd == "exit":
         print(f"testbox: exiting with {rest[0]}", flush=True)
         if len(rest) > 1:

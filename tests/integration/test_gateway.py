@@ -4,6 +4,7 @@ weights, and Prometheus sees the gateway's per-backend counts. What canary rollo
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from collections import Counter
 from typing import Any
@@ -12,6 +13,10 @@ import pytest
 
 from helpers import wait_for
 from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
+from modelyard.api.v1alpha1.rollout import Analysis, Measurement
+from modelyard.measure.prometheus import Prometheus, measure
+from modelyard.measure.promql import Backend
+from modelyard.rollout.canary import verdict
 from processkubelet.kubelet import NODE_TAINT
 
 pytestmark = pytest.mark.integration
@@ -22,12 +27,12 @@ ON_PROCESS_NODE = {
 }
 
 
-def backend(name: str, namespace: str) -> list[dict[str, Any]]:
-    """A testbox pod answering its own name on /who, and a Service in front of it."""
+def backend(name: str, namespace: str, *behaviour: str) -> list[dict[str, Any]]:
+    """A testbox pod answering its own name on /who (failing or slow as `behaviour` says), and a Service."""
     return [
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
          "spec": {**ON_PROCESS_NODE, "terminationGracePeriodSeconds": 2, "containers": [{
-             "name": "main", "image": "modelyard.local/testbox:1", "args": ["serve", "$(POD_IP)", "8080"],
+             "name": "main", "image": "modelyard.local/testbox:1", "args": ["serve", "$(POD_IP)", "8080", *behaviour],
              "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
              "ports": [{"name": "http", "containerPort": 8080}],
              "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1}}]}},
@@ -52,6 +57,8 @@ def ask(cluster: LocalCluster, namespace: str, n: int) -> Counter[str]:
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
                 answers[resp.read().decode()] += 1
+        except urllib.error.HTTPError as exc:
+            answers[f"{exc.code} from {exc.read().decode()}"] += 1
         except OSError as exc:
             answers[f"error: {exc}"] += 1
     return answers
@@ -97,3 +104,43 @@ def test_the_gateway_splits_real_traffic_by_route_weights(cluster: LocalCluster,
         return result if result and float(result[0]["value"][1]) >= answers["canary"] + 20 else None
 
     assert wait_for("Prometheus to count the canary's requests at the gateway", counted, timeout=60, interval=1)
+
+
+def test_the_analysis_measures_real_gateway_traffic_and_tells_no_data_from_zero(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    """A canary that fails 30% of its requests and answers 50 ms late, beside a healthy stable revision."""
+    items = [*backend("stable", namespace), *backend("canary", namespace, "--fail-percent", "30", "--delay-ms", "50"),
+             route(namespace, {"stable": 50, "canary": 50})]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    for name in ("stable", "canary"):
+        cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"pod/{name}", "--timeout=60s")
+    from_both = {"stable", "canary", "503 from canary"}
+    wait_for("both backends to answer through the route", lambda: (a := ask(cluster, namespace, 10)).keys() <= from_both
+             and "stable" in a and ("canary" in a or "503 from canary" in a), timeout=60, interval=1)
+    answers = ask(cluster, namespace, 200)
+    assert not any(k.startswith("error") for k in answers), answers
+    assert answers["503 from canary"] > 0 and not any(k.endswith("from stable") for k in answers), answers
+
+    analysis = Analysis.model_validate({"minRequests": 20, "minSuccessRate": 99,
+                                        "latency": {"maxMs": 40, "maxRatioToStable": 2}})
+    stable, canary = (Backend(namespace, n, 80, n) for n in ("stable", "canary"))
+    prometheus = Prometheus(cluster.prometheus_url)
+
+    def measured() -> Measurement | None:
+        m = measure(prometheus, analysis, canary, stable, "1m", now=0)
+        return m if m.requests >= 0.9 * answers.total() / 2 and all(c.value is not None for c in m.checks) else None
+
+    m = wait_for("Prometheus to hold the interval's numbers", measured, timeout=60, interval=1)
+    values = {c.name: c.value for c in m.checks}
+    assert 60 <= (values["success-rate"] or 0) <= 80, m  # 30% failures, as the client saw them
+    assert (values["latency-p99"] or 0) > 40 and (values["latency-p99-vs-stable"] or 0) > 2, m
+    outcome, summary = verdict(m, analysis)
+    assert outcome == "failed" and "success-rate" in summary and "latency-p99" in summary, summary
+
+    healthy = measure(prometheus, analysis.model_copy(update={"latency": None}), stable, canary, "1m", now=0)
+    assert verdict(healthy, analysis)[0] == "passed", healthy
+    # A backend without traffic has no data: inconclusive, never a 0% success rate that fails it.
+    silent = measure(prometheus, analysis, Backend(namespace, "absent", 80, "absent"), stable, "1m", now=0)
+    assert silent.requests == 0 and all(c.value is None and c.passed is None for c in silent.checks), silent
+    assert verdict(silent, analysis)[0] == "inconclusive"
