@@ -11,11 +11,15 @@ from typing import Any
 
 import pytest
 
-from helpers import wait_for
+from helpers import model_deployment, wait_for
 from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
-from modelyard.api.v1alpha1.rollout import Analysis, Measurement
+from modelyard.api.names import HTTP_PORT
+from modelyard.api.v1alpha1 import ModelDeployment
+from modelyard.api.v1alpha1.rollout import Analysis, Measurement, Traffic
+from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube
 from modelyard.measure.prometheus import Prometheus, measure
 from modelyard.measure.promql import Backend
+from modelyard.render.traffic import render_http_route
 from modelyard.rollout.canary import verdict
 from processkubelet.kubelet import NODE_TAINT
 
@@ -28,7 +32,8 @@ ON_PROCESS_NODE = {
 
 
 def backend(name: str, namespace: str, *behaviour: str) -> list[dict[str, Any]]:
-    """A testbox pod answering its own name on /who (failing or slow as `behaviour` says), and a Service."""
+    """Revision `name` of model split: a testbox pod answering its own name on /who (failing or slow as
+    `behaviour` says), behind a Service named as the operator names a revision's (split-<revision>)."""
     return [
         {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
          "spec": {**ON_PROCESS_NODE, "terminationGracePeriodSeconds": 2, "containers": [{
@@ -36,18 +41,23 @@ def backend(name: str, namespace: str, *behaviour: str) -> list[dict[str, Any]]:
              "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
              "ports": [{"name": "http", "containerPort": 8080}],
              "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1}}]}},
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
-         "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"split-{name}", "namespace": namespace},
+         "spec": {"selector": {"app": name}, "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}]}},
     ]
 
 
-def route(namespace: str, weights: dict[str, int]) -> dict[str, Any]:
-    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": "split", "namespace": namespace},
-            "spec": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
-                     "hostnames": [f"split.{namespace}.local"],
-                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                                "backendRefs": [{"name": n, "port": 80, "weight": w} for n, w in weights.items()]}]}}
+def owner(cluster: LocalCluster, admin: Kube, namespace: str) -> ModelDeployment:
+    """ModelDeployment `split`, owner of the rendered route (no operator runs in this tier: it only owns)."""
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(model_deployment("split", namespace)))
+    return ModelDeployment.model_validate(admin.get(MODEL_DEPLOYMENTS, namespace, "split"))
+
+
+def route(md: ModelDeployment, weights: dict[str, int]) -> dict[str, Any]:
+    """The operator's own HTTPRoute renderer: the API server validates it against the Gateway API schema."""
+    traffic = Traffic.model_validate({"gateway": {
+        "parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
+        "hostnames": [f"split.{md.metadata.namespace}.local"]}})
+    return render_http_route(md, traffic, weights)
 
 
 def ask(cluster: LocalCluster, namespace: str, n: int) -> Counter[str]:
@@ -64,9 +74,9 @@ def ask(cluster: LocalCluster, namespace: str, n: int) -> Counter[str]:
     return answers
 
 
-def test_the_gateway_splits_real_traffic_by_route_weights(cluster: LocalCluster, namespace: str) -> None:
-    items = [*backend("stable", namespace), *backend("canary", namespace), route(namespace, {"stable": 80,
-                                                                                                "canary": 20})]
+def test_the_gateway_splits_real_traffic_by_route_weights(cluster: LocalCluster, admin: Kube, namespace: str) -> None:
+    md = owner(cluster, admin, namespace)
+    items = [*backend("stable", namespace), *backend("canary", namespace), route(md, {"stable": 80, "canary": 20})]
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     for name in ("stable", "canary"):
         cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"pod/{name}", "--timeout=60s")
@@ -93,25 +103,26 @@ def test_the_gateway_splits_real_traffic_by_route_weights(cluster: LocalCluster,
     # Weighted round robin over 200 requests: 20% within a wide margin, not a coin that always lands one way.
     assert 20 <= answers["canary"] <= 60, answers
 
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(route(namespace, {"stable": 0, "canary": 100})))
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(route(md, {"stable": 0, "canary": 100})))
     wait_for("all traffic on the canary", lambda: ask(cluster, namespace, 20) == Counter({"canary": 20}),
              timeout=60, interval=1)
 
     # The gateway's own per-backend counters reach Prometheus: a canary analysis reads them there.
     def counted() -> list[dict[str, Any]] | None:
         result = cluster.prometheus_query(
-            f'sum by (service) (traefik_service_requests_total{{service=~"{namespace}-canary-.*"}})')
+            f'sum by (service) (traefik_service_requests_total{{service=~"{namespace}-split-canary-.*"}})')
         return result if result and float(result[0]["value"][1]) >= answers["canary"] + 20 else None
 
     assert wait_for("Prometheus to count the canary's requests at the gateway", counted, timeout=60, interval=1)
 
 
 def test_the_analysis_measures_real_gateway_traffic_and_tells_no_data_from_zero(
-    cluster: LocalCluster, namespace: str
+    cluster: LocalCluster, admin: Kube, namespace: str
 ) -> None:
     """A canary that fails 30% of its requests and answers 50 ms late, beside a healthy stable revision."""
+    md = owner(cluster, admin, namespace)
     items = [*backend("stable", namespace), *backend("canary", namespace, "--fail-percent", "30", "--delay-ms", "50"),
-             route(namespace, {"stable": 50, "canary": 50})]
+             route(md, {"stable": 50, "canary": 50})]
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
     for name in ("stable", "canary"):
         cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", f"pod/{name}", "--timeout=60s")
@@ -124,7 +135,7 @@ def test_the_analysis_measures_real_gateway_traffic_and_tells_no_data_from_zero(
 
     analysis = Analysis.model_validate({"minRequests": 20, "minSuccessRate": 99,
                                         "latency": {"maxMs": 40, "maxRatioToStable": 2}})
-    stable, canary = (Backend(namespace, n, 80, n) for n in ("stable", "canary"))
+    stable, canary = (Backend(namespace, f"split-{n}", HTTP_PORT, n) for n in ("stable", "canary"))
     prometheus = Prometheus(cluster.prometheus_url)
 
     def measured() -> Measurement | None:
@@ -141,6 +152,6 @@ def test_the_analysis_measures_real_gateway_traffic_and_tells_no_data_from_zero(
     healthy = measure(prometheus, analysis.model_copy(update={"latency": None}), stable, canary, "1m", now=0)
     assert verdict(healthy, analysis)[0] == "passed", healthy
     # A backend without traffic has no data: inconclusive, never a 0% success rate that fails it.
-    silent = measure(prometheus, analysis, Backend(namespace, "absent", 80, "absent"), stable, "1m", now=0)
+    silent = measure(prometheus, analysis, Backend(namespace, "split-absent", HTTP_PORT, "absent"), stable, "1m", now=0)
     assert silent.requests == 0 and all(c.value is None and c.passed is None for c in silent.checks), silent
     assert verdict(silent, analysis)[0] == "inconclusive"

@@ -92,6 +92,25 @@ class Rollout(Spec):
     canary: Canary = Field(default_factory=Canary, description="Steps and analysis of the canary strategy.")
 
 
+class ParentReference(Spec):
+    name: str = Field(min_length=1, max_length=253, description="The Gateway's name.")
+    namespace: str | None = Field(default=None, max_length=63,
+                                  description="The Gateway's namespace; the ModelDeployment's when empty.")
+    section_name: str | None = Field(default=None, max_length=253, description="One listener of the Gateway.")
+
+
+class GatewayTraffic(Spec):
+    parent_refs: list[ParentReference] = Field(min_length=1, max_length=32,
+                                               description="The Gateway(s) the model's HTTPRoute attaches to.")
+    hostnames: list[str] | None = Field(default=None, max_length=16, description="Hostnames the route serves.")
+    path_prefix: str = Field(default="/", pattern="^/", max_length=1024,
+                             description="The path prefix the route matches (Triton's /v2/... lies below it).")
+
+
+class Traffic(Spec):
+    gateway: GatewayTraffic = Field(description="Serve the model through a Gateway API Gateway (HTTPRoute).")
+
+
 # --- status ------------------------------------------------------------------------------------------------------
 
 
