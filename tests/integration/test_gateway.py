@@ -18,7 +18,7 @@ from modelyard.api.v1alpha1 import ModelDeployment
 from modelyard.api.v1alpha1.rollout import Analysis, Measurement, Traffic
 from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube
 from modelyard.measure.prometheus import Prometheus, measure
-from modelyard.measure.promql import Backend
+from modelyard.measure.promql import Backend, latency_ms
 from modelyard.render.traffic import render_http_route
 from modelyard.rollout.canary import verdict
 from processkubelet.kubelet import NODE_TAINT
@@ -145,7 +145,12 @@ def test_the_analysis_measures_real_gateway_traffic_and_tells_no_data_from_zero(
     m = wait_for("Prometheus to hold the interval's numbers", measured, timeout=60, interval=1)
     values = {c.name: c.value for c in m.checks}
     assert 60 <= (values["success-rate"] or 0) <= 80, m  # 30% failures, as the client saw them
-    assert (values["latency-p99"] or 0) > 40 and (values["latency-p99-vs-stable"] or 0) > 2, m
+    assert (values["latency-p99"] or 0) > 40, m  # every canary request sleeps 50 ms
+    # The ratio is the canary's p99 over the stable's. Not "> 2": how fast the stable revision is depends on how
+    # busy the machine is, and the suite makes no timing assertions.
+    stable_p99 = prometheus.value(latency_ms(stable, 0.99, "1m"))
+    assert stable_p99 and values["latency-p99-vs-stable"] == pytest.approx((values["latency-p99"] or 0) / stable_p99,
+                                                                            rel=0.05), (m, stable_p99)
     outcome, summary = verdict(m, analysis)
     assert outcome == "failed" and "success-rate" in summary and "latency-p99" in summary, summary
 
