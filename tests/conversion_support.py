@@ -12,13 +12,7 @@ import pytest
 from convert_models import CNN, CNN_SIGNATURE, NaNModel, save_torchscript
 from helpers import model_deployment, wait_for
 from localcluster import LocalCluster
-from processkubelet.kubelet import NODE_LABEL, NODE_TAINT
-
-ON_PROCESS_NODE: dict[str, Any] = {
-    "nodeSelector": {NODE_LABEL: "process"},
-    "tolerations": [{"key": NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
-}
-"""Placement on the process kubelet's node (kwok's nodes only pretend to run pods)."""
+from processkubelet.kubelet import ON_PROCESS_NODE
 
 
 def condition(body: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -43,6 +43,11 @@ Obj = dict[str, Any]
 NODE_LABEL = "modelyard.dev/kubelet"
 NODE_TAINT = {"key": NODE_LABEL, "value": "process", "effect": "NoSchedule"}
 """Only pods that tolerate it land on a process node, so kwok's fake pods never become real processes."""
+ON_PROCESS_NODE: dict[str, Any] = {
+    "nodeSelector": {NODE_LABEL: "process"},
+    "tolerations": [{"key": NODE_LABEL, "operator": "Exists", "effect": "NoSchedule"}],
+}
+"""What a pod spec (or a ModelDeployment's serving/conversion section) adds to run on a process node."""
 LEASE_SECONDS = 40
 SHM_ROOT = Path("/dev/shm/modelyard-process-kubelet")
 

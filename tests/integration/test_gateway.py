@@ -21,15 +21,9 @@ from modelyard.measure.prometheus import Prometheus, measure
 from modelyard.measure.promql import Backend, latency_ms
 from modelyard.render.traffic import render_http_route
 from modelyard.rollout.canary import verdict
-from processkubelet.kubelet import NODE_TAINT
+from processkubelet.kubelet import ON_PROCESS_NODE
 
 pytestmark = pytest.mark.integration
-
-ON_PROCESS_NODE = {
-    "nodeSelector": {"modelyard.dev/kubelet": "process"},
-    "tolerations": [{"key": NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
-}
-
 
 def backend(name: str, namespace: str, *behaviour: str) -> list[dict[str, Any]]:
     """Revision `name` of model split: a testbox pod answering its own name on /who (failing or slow as

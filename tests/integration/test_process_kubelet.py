@@ -11,15 +11,9 @@ import pytest
 from helpers import wait_for
 from localcluster import LocalCluster
 from modelyard.kube.client import PODS, Kube
-from processkubelet.kubelet import NODE_TAINT
+from processkubelet.kubelet import ON_PROCESS_NODE
 
 pytestmark = pytest.mark.integration
-
-ON_PROCESS_NODE = {
-    "nodeSelector": {"modelyard.dev/kubelet": "process"},
-    "tolerations": [{"key": NODE_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}],
-}
-
 
 def pod(name: str, namespace: str, container: dict[str, Any], **spec: Any) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace,
