@@ -20,6 +20,10 @@ class Settings:
     metrics_port: int = 8080
     converter_image: str = DEFAULT_CONVERTER_IMAGE
     """Image of the conversion Jobs (runtime/converter/Dockerfile)."""
+    prometheus_url: str | None = None
+    """Prometheus that canary analysis asks; without it a canary waits, reported as not measurable."""
+    drain_seconds: float = 30.0
+    """After a promotion, how long the old revision stays behind the route at weight 0 before it is removed."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -30,4 +34,6 @@ class Settings:
             kubeconfig=env.get("KUBECONFIG") or None,
             metrics_port=int(env.get("MODELYARD_METRICS_PORT", "8080")),
             converter_image=env.get("MODELYARD_CONVERTER_IMAGE", DEFAULT_CONVERTER_IMAGE),
+            prometheus_url=env.get("MODELYARD_PROMETHEUS_URL") or None,
+            drain_seconds=float(env.get("MODELYARD_DRAIN_SECONDS", "30")),
         )

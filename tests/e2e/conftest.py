@@ -33,6 +33,9 @@ def operator_process(cluster: LocalCluster) -> Iterator[OperatorProcess]:
         "KUBECONFIG": str(cluster.operator_kubeconfig),
         "MODELYARD_RESYNC_SECONDS": str(resync),
         "MODELYARD_METRICS_PORT": str(free_port()),
+        # Canary analysis reads the local Prometheus (it scrapes Traefik); a promoted canary's predecessor drains 5 s.
+        "MODELYARD_PROMETHEUS_URL": cluster.prometheus_url,
+        "MODELYARD_DRAIN_SECONDS": "5",
     }
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -65,6 +65,17 @@ def test_defaults_are_applied_by_the_api_server(cluster: LocalCluster, admin: Ku
     assert serving["gpus"] == 1 and serving["gpuResourceName"] == "nvidia.com/gpu"
     assert serving["dynamicBatching"] == {"enabled": True, "maxQueueDelayMicroseconds": 100}
     assert serving["image"].startswith("nvcr.io/nvidia/tritonserver:")
+    assert "rollout" not in body["spec"], "a model without a rollout section is blue/green, with nothing defaulted"
+
+    manifest["metadata"]["name"] = "canary-defaults"
+    manifest["spec"]["traffic"] = {"gateway": {"parentRefs": [{"name": "public"}]}}
+    manifest["spec"]["rollout"] = {"strategy": "canary"}
+    apply(cluster, manifest)
+    spec = (admin.get(MODEL_DEPLOYMENTS, namespace, "canary-defaults") or {})["spec"]
+    assert spec["rollout"]["canary"]["steps"] == [{"setWeight": 10}, {"setWeight": 25}, {"setWeight": 50}]
+    assert spec["rollout"]["canary"]["analysis"] == {"interval": "30s", "failureLimit": 2, "minRequests": 20,
+                                                     "minSuccessRate": 99}
+    assert spec["traffic"]["gateway"]["pathPrefix"] == "/"
 
 
 def _break(manifest: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
@@ -92,6 +103,20 @@ INVALID = [
      "every serving.dynamicBatching.preferredBatchSizes entry must be at most serving.maxBatchSize"),
     ("spec.serving.resources", {"limits": {"nvidia.com/gpu": "1"}}, "ask for GPUs with serving.gpus"),
     ("spec.serving.gpus", 17, "should be less than or equal to 16"),
+    ("spec.rollout", {"strategy": "canary"}, "rollout.strategy canary needs traffic.gateway"),
+    ("spec.rollout", {"strategy": "rolling"}, 'Unsupported value: "rolling"'),
+    ("spec.rollout", {"canary": {"steps": [{"setWeight": 10, "pause": {}}]}},
+     "a step is either setWeight or pause, not both"),
+    ("spec.rollout", {"canary": {"steps": [{"pause": {"duration": "1m"}}]}},
+     "canary.steps needs at least one setWeight step"),
+    ("spec.rollout", {"canary": {"steps": [{"setWeight": 101}]}}, "should be less than or equal to 100"),
+    ("spec.rollout", {"canary": {"analysis": {"interval": "2s"}}}, "analysis.interval must be at least 5s"),
+    ("spec.rollout", {"canary": {"analysis": {"interval": "soon"}}}, "spec.rollout.canary.analysis.interval"),
+    ("spec.rollout", {"canary": {"analysis": {"latency": {"quantile": 0.9}}}},
+     "a latency check needs maxMs, maxRatioToStable or both"),
+    ("spec.rollout", {"canary": {"analysis": {"custom": [{"name": "q", "query": "up"}]}}},
+     "a custom check needs min, max or both"),
+    ("spec.traffic", {"gateway": {"parentRefs": []}}, "spec.traffic.gateway.parentRefs"),
     ("metadata.name", "m" * 41, "metadata.name must be at most 40 characters"),
     ("metadata.name", "9lives", "metadata.name must be a DNS label"),
 ]

@@ -64,7 +64,20 @@ def test_each_weight_needs_a_passing_analysis_and_too_little_traffic_waits() -> 
     # The pass completes step 1 and starts the pause at the same weight.
     assert (d.weight, d.reason, d.status.step) == (10, WAITING, 1)
     assert d.event == "weight 10%: success-rate 99.9 >= 99%, latency-p99 41 <= 200 ms, 120 requests"
-    assert "pause 60s at weight 10%, 60s left" in d.status.message
+    assert "pause 60s at weight 10% until 1970-01-01T00:02:00Z" in d.status.message
+    # Time passing within the pause changes nothing: a resync makes no status write.
+    assert step(d.status, 90).status == d.status
+
+
+def test_a_canary_records_the_stable_revision_and_when_it_ended() -> None:
+    s = step(None, 0, stable="rev-a").status
+    assert (s.stable, s.finished_at) == ("rev-a", None)
+    # A later observation that names no stable revision (it is now the canary's own) keeps the record.
+    assert step(s, 5).status.stable == "rev-a"
+    promoted = step(s, 7, promote=True).status
+    assert (promoted.phase, promoted.finished_at, promoted.stable) == ("Promoted", 7, "rev-a")
+    rolled_back = step(s, 8, abort=True).status
+    assert (rolled_back.phase, rolled_back.finished_at) == ("RolledBack", 8)
 
 
 def test_the_same_measurement_is_not_counted_twice_and_one_at_weight_0_not_at_all() -> None:

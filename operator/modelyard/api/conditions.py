@@ -16,6 +16,8 @@ class ConditionType(StrEnum):
     """With spec.conversion: the latest revision's model was converted (the message names the artifact)."""
     VALIDATED = "Validated"
     """With spec.conversion: the converted model computes what the source computes (the message has the numbers)."""
+    PROGRESSING = "Progressing"
+    """With rollout.strategy canary: where the canary rollout stands; False once a canary was rolled back."""
 
 
 class Reason(StrEnum):
@@ -48,6 +50,13 @@ class Reason(StrEnum):
     SOURCE_REFUSED = "SourceRefused"
     SOURCE_UNAVAILABLE = "SourceUnavailable"
     CONVERSION_FAILED = "ConversionFailed"
+    # Progressing (canary rollouts); the Canary* reasons are modelyard.rollout.canary's
+    CANARY_PROGRESSING = "CanaryProgressing"
+    CANARY_WAITING = "CanaryWaiting"
+    CANARY_PAUSED = "CanaryPaused"
+    CANARY_PROMOTED = "CanaryPromoted"
+    CANARY_ROLLED_BACK = "CanaryRolledBack"
+    ROLLOUT_COMPLETE = "RolloutComplete"
 
 
 WAITING_REASONS: frozenset[str] = frozenset(

@@ -115,6 +115,27 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "priority": 1,
         "description": "Pods the serving revision should have.",
     },
+    {
+        "name": "Canary",
+        "type": "string",
+        "jsonPath": ".status.rollout.canary",
+        "priority": 1,
+        "description": "The canary revision of a canary rollout.",
+    },
+    {
+        "name": "Weight",
+        "type": "integer",
+        "jsonPath": ".status.rollout.weight",
+        "priority": 1,
+        "description": "Percent of the gateway's requests the canary gets.",
+    },
+    {
+        "name": "Rollout",
+        "type": "string",
+        "jsonPath": ".status.rollout.phase",
+        "priority": 1,
+        "description": "Progressing, Paused, Promoted or RolledBack.",
+    },
     {"name": "URL", "type": "string", "jsonPath": ".status.url", "description": "In-cluster URL of Triton's HTTP API."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

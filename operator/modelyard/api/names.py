@@ -21,6 +21,12 @@ LABEL_METRICS = "modelyard.dev/metrics"
 """Marks pods and Services that expose Triton's Prometheus metrics (a PodMonitor/ServiceMonitor selects on it)."""
 ANNOTATION_APPLIED = "modelyard.dev/applied-config-hash"
 """Hash of the configuration the operator last applied; unchanged hash + unchanged fields = no write."""
+ANNOTATION_PROMOTE = "rollout.modelyard.dev/promote"
+"""Set by a person to a canary revision: promote it now (the operator never writes annotations)."""
+ANNOTATION_ABORT = "rollout.modelyard.dev/abort"
+"""Set by a person to a canary revision: roll it back now."""
+ANNOTATION_RESUME = "rollout.modelyard.dev/resume"
+"""Set by a person to <revision>/<step>: release the indefinite pause at that step (1-based) of that canary."""
 
 MANAGED_BY = "modelyard"
 REVISION_LENGTH = 10
@@ -38,10 +44,12 @@ def _digest(data: Any) -> str:
 def revision_of(spec: ModelDeploymentSpec) -> str:
     """Content hash of the spec parts that change what is served.
 
-    Replica count is left out: scaling a revision is not a new revision.
+    Replica count is left out: scaling a revision is not a new revision. So are traffic and rollout: how requests
+    reach the model and how a revision replaces another do not change what a revision serves.
     """
     # exclude_none: a new optional field, unset, does not roll every deployed model to a new revision.
-    served = spec.model_dump(mode="json", by_alias=True, exclude={"serving": {"replicas"}}, exclude_none=True)
+    served = spec.model_dump(mode="json", by_alias=True, exclude={"serving": {"replicas"}, "traffic": True,
+                                                                    "rollout": True}, exclude_none=True)
     return _digest(served)[:REVISION_LENGTH]
 
 

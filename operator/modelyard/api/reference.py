@@ -42,6 +42,18 @@ REASONS: dict[Reason, str] = {
     Reason.SOURCE_UNAVAILABLE: "The source cannot be read (missing object, wrong credentials).",
     Reason.CONVERSION_FAILED: "The conversion Job failed without a result (deadline, out of memory, crash); the "
     "message quotes the Job or the container's last words.",
+    Reason.CANARY_PROGRESSING: "Progressing=True: the canary got a new weight or passed an analysis (numbers in the "
+    "message and the event).",
+    Reason.CANARY_WAITING: "Progressing=True: the canary waits: for its pods to be Ready, for a passing analysis "
+    "(too little traffic is inconclusive), or for a pause to end.",
+    Reason.CANARY_PAUSED: "Progressing=True: held by `spec.rollout.paused` or an indefinite pause step until a person "
+    "resumes (docs/rollouts.md).",
+    Reason.CANARY_PROMOTED: "Progressing=True: the canary was promoted and serves all traffic; its predecessor "
+    "drains at weight 0, then goes.",
+    Reason.CANARY_ROLLED_BACK: "Progressing=False: the canary failed a check (the numbers are in the message), its "
+    "pods failed, or a person aborted it; weight 0, scaled down, not retried until the spec changes. Ready stays "
+    "True on the stable revision.",
+    Reason.ROLLOUT_COMPLETE: "Progressing=True: no canary; the latest revision serves all traffic.",
 }
 
 
@@ -120,7 +132,7 @@ def api_reference_markdown() -> str:
         "| --- | --- | --- | --- | --- |",
         *_rows(schema["properties"]["status"], "status", False)[1:],
         "",
-        "## The Ready condition's reasons",
+        "## Condition reasons (Ready, Converted, Validated, Progressing)",
         "",
         "| reason | meaning |",
         "| --- | --- |",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -20,15 +21,21 @@ from pydantic import ValidationError
 
 from modelyard.api.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from modelyard.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment
+from modelyard.api.v1alpha1.rollout import Analysis, Measurement
 from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube, load_api_client
-from modelyard.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES
+from modelyard.measure.prometheus import Prometheus, measure
+from modelyard.measure.promql import Backend
+from modelyard.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUT_EVENTS
 from modelyard.reconcile.model_deployment import reconcile_model_deployment, report_invalid_spec
+from modelyard.reconcile.rollout import Analyst
 from modelyard.settings import Settings
 
 log = logging.getLogger("modelyard")
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _state: dict[str, Any] = {}
+_timers: dict[tuple[str, str], tuple[float, threading.Timer]] = {}
+_timers_lock = threading.Lock()
 
 
 def _kube() -> Kube:
@@ -53,19 +60,61 @@ def reconcile_key(namespace: str, name: str) -> None:
             RECONCILE_ERRORS.labels(kind="invalid_spec").inc()
             report_invalid_spec(_kube(), body, f"the spec does not parse: {exc.errors(include_url=False)}"[:2000])
             return
+        own: Settings = _state["settings"]
         try:
-            reconcile_model_deployment(_kube(), md, converter_image=_state["settings"].converter_image)
+            outcome = reconcile_model_deployment(_kube(), md, converter_image=own.converter_image,
+                                                 analyst=_state.get("analyst"), drain_seconds=own.drain_seconds)
         except ApiException as exc:
             # Conflicts, 5xx, throttling: the next event or resync tries again.
             RECONCILE_ERRORS.labels(kind=f"api_{exc.status}").inc()
             log.warning("reconcile of %s/%s failed (%s %s: %s); retrying on the next event or resync",
                         namespace, name, exc.status, exc.reason, (exc.body or "")[:500])
+            return
+        if outcome.rollout_event:
+            ROLLOUT_EVENTS.labels(reason=outcome.rollout_event).inc()
+        if outcome.requeue_after is not None:
+            _requeue(namespace, name, outcome.requeue_after)
+
+
+def _requeue(namespace: str, name: str, delay: float) -> None:
+    """Reconcile again after `delay` seconds (a rollout's next analysis, a pause's end): one timer per object,
+    the earliest wins."""
+    key, due = (namespace, name), time.monotonic() + delay
+    with _timers_lock:
+        pending = _timers.get(key)
+        if pending is not None and pending[0] <= due and pending[1].is_alive():
+            return
+        if pending is not None:
+            pending[1].cancel()
+        timer = threading.Timer(delay, _fire, args=(namespace, name))
+        timer.daemon = True
+        _timers[key] = (due, timer)
+        timer.start()
+
+
+def _fire(namespace: str, name: str) -> None:
+    with _timers_lock:
+        _timers.pop((namespace, name), None)
+    try:
+        reconcile_key(namespace, name)
+    except Exception:  # a timer thread has no caller to raise to; the next event or resync tries again
+        log.exception("timed reconcile of %s/%s failed", namespace, name)
+
+
+def _analyst(url: str) -> Analyst:
+    prometheus = Prometheus(url)
+
+    def analyse(analysis: Analysis, canary: Backend, stable: Backend, window: str, now: float) -> Measurement:
+        return measure(prometheus, analysis, canary, stable, window, now)
+
+    return analyse
 
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     own = Settings.from_env()
     _state["settings"] = own
+    _state["analyst"] = _analyst(own.prometheus_url) if own.prometheus_url else None
     _state["kube"] = Kube(load_api_client(own.kubeconfig), own.field_manager)
     settings.posting.enabled = False  # events are recorded by the reconcile, on condition transitions only
     settings.peering.standalone = True

@@ -43,9 +43,11 @@ SERVICES = Resource("", "v1", "services")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("events.k8s.io", "v1", "events")
 JOBS = Resource("batch", "v1", "jobs")
+HTTP_ROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes")
 MODEL_DEPLOYMENTS = Resource(GROUP, VERSION, PLURAL)
 
-_BY_KIND = {("apps/v1", "Deployment"): DEPLOYMENTS, ("v1", "Service"): SERVICES, ("batch/v1", "Job"): JOBS}
+_BY_KIND = {("apps/v1", "Deployment"): DEPLOYMENTS, ("v1", "Service"): SERVICES, ("batch/v1", "Job"): JOBS,
+            ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTP_ROUTES}
 
 
 def resource_of(obj: Obj) -> Resource:

@@ -3,9 +3,12 @@
 Level-triggered: every call works out the whole desired state from the spec and the objects that exist, so a
 missed event or a restart loses nothing, and a call with nothing to change makes no write call at all.
 
-Revisions roll out blue/green: each revision has its own Deployment; the Service keeps selecting the revision
-that serves until the new one is available, then switches, and only then is the old Deployment removed. A
-revision that never becomes available leaves the serving one alone.
+Revisions roll out blue/green by default: each revision has its own Deployment; the Service keeps selecting the
+revision that serves until the new one is available, then switches, and only then is the old Deployment removed.
+A revision that never becomes available leaves the serving one alone. With spec.rollout.strategy canary (and
+spec.traffic), a new revision gets a share of the gateway's requests in steps, measured at each
+(modelyard.reconcile.rollout decides, status.rollout remembers); the Service switches on promotion, and the old
+revision stays behind the route at weight 0 for the drain period before it is removed.
 
 With spec.conversion, a revision first gets a conversion Job; its Deployment is created only once the Job's
 result (the termination message) says the converted model passed validation. The result is recorded in
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from kubernetes.client import ApiException
 
@@ -24,10 +26,8 @@ from modelyard.api.conditions import Condition, ConditionType, Reason
 from modelyard.api.names import (
     COMPONENT_CONVERTER,
     COMPONENT_SERVER,
-    LABEL_COMPONENT,
     LABEL_REVISION,
     revision_of,
-    selector_labels,
     server_selector,
     service_name,
     url_of,
@@ -41,10 +41,17 @@ from modelyard.api.v1alpha1 import (
     RevisionsStatus,
     RevisionStatus,
 )
-from modelyard.kube.apply import ensure
-from modelyard.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, Kube, Obj, Resource
+from modelyard.api.v1alpha1.rollout import RolloutStatus
+from modelyard.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, Kube, Obj
+from modelyard.reconcile.common import Stop as _Stop
+from modelyard.reconcile.common import Writer as _Writer
+from modelyard.reconcile.common import owned_by as _owned_by
+from modelyard.reconcile.common import owned_children
+from modelyard.reconcile.rollout import Analyst, observe_canary
+from modelyard.reconcile.traffic import reconcile_traffic
 from modelyard.render.conversion import render_conversion_job
 from modelyard.render.triton import UnservableSource, render_service, render_triton_deployment
+from modelyard.rollout.canary import PROMOTED, ROLLED_BACK, Decision, wake_after
 from modelyard.settings import DEFAULT_CONVERTER_IMAGE
 from modelyard.status.conditions import Clock, set_condition, transitions, utc_now
 from modelyard.status.conversion import ConversionState, describe_artifact, describe_validation, observe_conversion
@@ -61,20 +68,10 @@ class Outcome:
     serving: str | None
     ready: bool
     writes: int
-
-
-class _Stop(Exception):
-    """The reconcile cannot go on; the Ready condition says why."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def _owned_by(obj: Obj, md: ModelDeployment) -> bool:
-    refs: list[dict[str, Any]] = obj.get("metadata", {}).get("ownerReferences", [])
-    return any(ref.get("uid") == md.metadata.uid for ref in refs)
+    requeue_after: float | None = None
+    """Seconds until the rollout has something to do without any event (an analysis, a pause's end, a drain)."""
+    rollout_event: str | None = None
+    """The reason of the rollout event this reconcile recorded, if any (for the operator's metrics)."""
 
 
 def _revision_status(state: RevisionState, traffic: int, repository: str | None = None) -> RevisionStatus:
@@ -82,24 +79,6 @@ def _revision_status(state: RevisionState, traffic: int, repository: str | None 
         name=state.revision, replicas=state.replicas, ready_replicas=state.ready_replicas, traffic_percent=traffic,
         model_repository=repository,
     )
-
-
-class _Writer:
-    """Counts the writes of one reconcile (zero on an unchanged resync)."""
-
-    def __init__(self, kube: Kube) -> None:
-        self.kube = kube
-        self.count = 0
-
-    def ensure(self, live: Obj | None, desired: Obj) -> Obj:
-        result = ensure(self.kube, live, desired)
-        if result is not live:
-            self.count += 1
-        return result
-
-    def delete(self, res: Resource, namespace: str, name: str) -> None:
-        self.kube.delete(res, namespace, name)
-        self.count += 1
 
 
 class _NamespaceTerminating(Exception):
@@ -115,15 +94,28 @@ def _apply_rejected(exc: ApiException) -> _Stop:
                  f"{(exc.body or '')[:800]}")
 
 
+@dataclass(frozen=True)
+class _Context:
+    clock: Clock
+    converter_image: str
+    analyst: Analyst | None
+    drain_seconds: float
+
+
 def reconcile_model_deployment(
-    kube: Kube, md: ModelDeployment, clock: Clock = utc_now, converter_image: str = DEFAULT_CONVERTER_IMAGE
+    kube: Kube, md: ModelDeployment, clock: Clock = utc_now, converter_image: str = DEFAULT_CONVERTER_IMAGE,
+    analyst: Analyst | None = None, drain_seconds: float = 30.0,
 ) -> Outcome:
-    """Bring one ModelDeployment's children and status in line with its spec."""
+    """Bring one ModelDeployment's children and status in line with its spec.
+
+    `analyst` measures a canary (Prometheus); `drain_seconds` is how long a promoted canary's predecessor stays
+    behind the route at weight 0 before it is removed."""
     ns = md.metadata.namespace
     revision = revision_of(md.spec)
     writer = _Writer(kube)
+    ctx = _Context(clock, converter_image, analyst, drain_seconds)
     try:
-        rolled = _roll_out(writer, md, revision, converter_image)
+        rolled = _roll_out(writer, md, revision, ctx)
     except _NamespaceTerminating:
         log.debug("namespace %s is terminating; leaving %s alone", ns, md.metadata.name)
         return Outcome(revision, None, False, writer.count)
@@ -134,39 +126,92 @@ def reconcile_model_deployment(
 
     latest, serving_state = rolled.latest, rolled.serving
     serving = serving_state.revision if serving_state else None
-    ready = serving == revision and latest.available
+    decision = rolled.decision
+    canary_on = decision is not None and decision.status.phase != "Promoted"
     reason: str
-    if ready:
-        reason, message = Reason.AVAILABLE, f"revision {revision}: {latest.message}"
+    if canary_on and serving_state is not None:
+        # The stable revision serves (the canary gets its share through the gateway): Ready is about it.
+        assert decision is not None
+        ready = serving_state.available
+        reason = Reason.AVAILABLE if ready else serving_state.reason
+        message = (f"revision {serving}: {serving_state.message}; canary revision {revision} "
+                   f"{decision.status.phase.lower()}: {decision.status.message}")
     else:
-        reason, message = latest.reason, f"revision {revision}: {latest.message}"
-        if serving_state and serving != revision:
-            message += f"; revision {serving} keeps serving ({serving_state.ready_replicas} ready)"
+        ready = serving == revision and latest.available
+        if ready:
+            reason, message = Reason.AVAILABLE, f"revision {revision}: {latest.message}"
+        else:
+            reason, message = latest.reason, f"revision {revision}: {latest.message}"
+            if serving_state and serving != revision:
+                message += f"; revision {serving} keeps serving ({serving_state.ready_replicas} ready)"
     gen = md.metadata.generation
     conditions = set_condition(md.status.conditions, ConditionType.READY, ready, reason, message, gen, clock)
     if rolled.conversion is not None:
         conditions = _conversion_conditions(conditions, rolled.conversion, revision, gen, clock)
     else:  # the conversion section was removed: its conditions no longer describe anything
         conditions = [c for c in conditions if c.type not in _CONVERSION_CONDITIONS]
+    conditions = _progressing_condition(conditions, md, rolled, revision, serving, gen, clock)
+    weights = rolled.weights
     stable = (
-        _revision_status(serving_state, 100, rolled.repositories.get(serving_state.revision))
+        _revision_status(serving_state, weights.get(serving_state.revision, 0),
+                         rolled.repositories.get(serving_state.revision))
         if serving_state and serving_state.ready_replicas > 0 else None
     )
+    latest_traffic = weights.get(revision, 0) if (serving == revision and stable) or canary_on else 0
     status = ModelDeploymentStatus(
         observed_generation=gen,
         conditions=conditions,
         revisions=RevisionsStatus(
             stable=stable,
-            latest=_revision_status(latest, 100 if serving == revision and stable else 0,
-                                    rolled.repositories.get(revision)),
+            latest=_revision_status(latest, latest_traffic, rolled.repositories.get(revision)),
         ),
         replicas=serving_state.replicas if serving_state else latest.replicas,
         ready_replicas=serving_state.ready_replicas if serving_state else 0,
         url=url_of(md),
+        http_route=rolled.http_route,
+        rollout=rolled.rollout,
     )
     writes = writer.count + _write_status(kube, md.metadata, md.status, status)
+    event = decision.reason if decision is not None and decision.event else None
+    if decision is not None and decision.event:
+        writes += _rollout_event(kube, md.metadata, decision)
+    requeue = wake_after(rolled.rollout, md.spec.rollout, clock().timestamp(), ctx.drain_seconds) if (
+        md.spec.rollout is not None) else None
     log.debug("reconciled %s/%s revision=%s serving=%s writes=%d", ns, md.metadata.name, revision, serving, writes)
-    return Outcome(revision, serving, ready, writes)
+    return Outcome(revision, serving, ready, writes, requeue, event)
+
+
+def _progressing_condition(conditions: list[Condition], md: ModelDeployment, rolled: _RollOut, revision: str,
+                           serving: str | None, gen: int | None, clock: Clock) -> list[Condition]:
+    """With a canary strategy: where the rollout stands. Without one the condition does not exist."""
+    if not rolled.canary_mode:
+        return [c for c in conditions if c.type != ConditionType.PROGRESSING]
+    decision, note = rolled.decision, f"; {rolled.note}" if rolled.note else ""
+    if decision is not None:
+        state = decision.status
+        return set_condition(conditions, ConditionType.PROGRESSING, decision.reason != ROLLED_BACK, decision.reason,
+                             f"revision {state.canary}: {state.message}{note}", gen, clock)
+    if rolled.rollout is not None:  # promoted; its predecessor drains
+        return set_condition(conditions, ConditionType.PROGRESSING, True, PROMOTED,
+                             f"revision {revision}: {rolled.rollout.message}", gen, clock)
+    if serving == revision:
+        return set_condition(conditions, ConditionType.PROGRESSING, True, Reason.ROLLOUT_COMPLETE,
+                             f"revision {revision} serves all traffic", gen, clock)
+    return set_condition(conditions, ConditionType.PROGRESSING, True, Reason.PROGRESSING,
+                         f"revision {revision}: the first revision rolls out without a canary (nothing serves yet)",
+                         gen, clock)
+
+
+def _rollout_event(kube: Kube, meta: ObjectMeta, decision: Decision) -> int:
+    regarding = {"apiVersion": API_VERSION, "kind": KIND,
+                 "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid}}
+    try:
+        kube.event(regarding, type_="Warning" if decision.reason == ROLLED_BACK else "Normal", reason=decision.reason,
+                   note=decision.event or "", action="Rollout")
+    except ApiException as exc:  # an event is worth a try, not a failed reconcile
+        log.warning("could not record event %s for %s/%s: %s", decision.reason, meta.namespace, meta.name, exc.status)
+        return 0
+    return 1
 
 
 def _conversion_conditions(
@@ -201,14 +246,17 @@ class _RollOut:
     conversion: ConversionState | None
     repositories: dict[str, str]
     """Converted model repository (pvc://claim/path/key) by revision, where known."""
+    weights: dict[str, int]
+    """Each routed revision's share of the gateway's requests (blue/green: the serving one, 100)."""
+    canary_mode: bool = False
+    decision: Decision | None = None
+    """The canary's decision, while a canary rolls out (or ended rolled back) beside a stable revision."""
+    note: str = ""
+    rollout: RolloutStatus | None = None
+    http_route: str | None = None
 
 
-def _owned_children(kube: Kube, res: Resource, md: ModelDeployment, component: str) -> dict[str, Obj]:
-    return {
-        o["metadata"]["labels"][LABEL_REVISION]: o
-        for o in kube.list_by_labels(res, md.metadata.namespace, {**selector_labels(md), LABEL_COMPONENT: component})
-        if _owned_by(o, md) and LABEL_REVISION in o["metadata"].get("labels", {})
-    }
+_owned_children = owned_children
 
 
 def _recorded_repositories(md: ModelDeployment) -> dict[str, str]:
@@ -240,9 +288,14 @@ def _convert(writer: _Writer, md: ModelDeployment, revision: str, image: str,
     return state
 
 
-def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, converter_image: str) -> _RollOut:
-    """Convert if asked, apply the latest revision, point the Service at the serving one, prune the rest."""
+def _scaled(deployment: Obj, replicas: int) -> Obj:
+    return {**deployment, "spec": {**deployment["spec"], "replicas": replicas}}
+
+
+def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, ctx: _Context) -> _RollOut:
+    """Convert if asked, apply the latest revision, route traffic, point the Service at the serving one, prune."""
     kube, ns, replicas = writer.kube, md.metadata.namespace, md.spec.serving.replicas
+    now = ctx.clock().timestamp()
     by_revision = _owned_children(kube, DEPLOYMENTS, md, COMPONENT_SERVER)
     service = kube.get(SERVICES, ns, service_name(md))
     if service is not None and not _owned_by(service, md):
@@ -254,10 +307,17 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, converter_ima
     selected = (service or {}).get("spec", {}).get("selector", {}).get(LABEL_REVISION)
     repositories = _recorded_repositories(md)
     conversion: ConversionState | None = None
+    canary_mode = md.spec.rollout is not None and md.spec.rollout.strategy == "canary" and md.spec.traffic is not None
+    prior = md.status.rollout
+    rolled_back = (canary_mode and prior is not None and prior.canary == revision and prior.phase == "RolledBack")
+    decision: Decision | None = None
+    note = ""
+    rollout: RolloutStatus | None = None
 
     try:
+        desired: Obj | None = None
         if md.spec.conversion is not None:
-            conversion = _convert(writer, md, revision, converter_image, repositories)
+            conversion = _convert(writer, md, revision, ctx.converter_image, repositories)
         if conversion is not None and not conversion.done:
             latest = RevisionState(revision, replicas, 0, False, conversion.reason, conversion.message)
         else:
@@ -265,12 +325,30 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, converter_ima
                 desired = render_triton_deployment(md, revision, conversion.key if conversion else None)
             except UnservableSource as exc:
                 raise _Stop(Reason.SOURCE_UNSUPPORTED, str(exc)) from exc
+            if rolled_back:  # a rolled-back canary stays scaled down until the spec changes
+                desired = _scaled(desired, 0)
             by_revision[revision] = writer.ensure(by_revision.get(revision), desired)
             pods = kube.list_by_labels(PODS, ns, server_selector(md, revision))
-            latest = observe_revision(revision, by_revision[revision], pods, replicas)
+            latest = observe_revision(revision, by_revision[revision], pods, 0 if rolled_back else replicas)
 
         previous = selected if selected in by_revision and selected != revision else None
-        serving = revision if latest.available or previous is None else previous
+        if canary_mode and previous is not None:
+            view = observe_canary(md, latest, previous, now, ctx.analyst)
+            decision, note, rollout = view.decision, view.note, view.decision.status
+            if rollout.phase == "RolledBack" and not rolled_back and desired is not None:
+                by_revision[revision] = writer.ensure(by_revision[revision], _scaled(desired, 0))
+            serving = revision if rollout.phase == "Promoted" else previous
+            weights = {previous: 100 - decision.weight, revision: decision.weight}
+        else:
+            serving = revision if latest.available or previous is None else previous
+            weights = {serving: 100}
+            if (canary_mode and prior is not None and prior.phase == "Promoted" and prior.canary == revision == serving
+                    and prior.stable in by_revision and prior.finished_at is not None
+                    and now < prior.finished_at + ctx.drain_seconds):
+                # The promoted canary's predecessor drains: behind the route at weight 0, then removed.
+                weights[prior.stable] = 0
+                rollout = prior
+        http_route = reconcile_traffic(writer, md, weights)
         writer.ensure(service, render_service(md, serving))
     except ApiException as exc:
         if _namespace_terminating(exc):
@@ -279,7 +357,7 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, converter_ima
             raise _apply_rejected(exc) from exc
         raise
 
-    keep = (revision, serving)
+    keep = {revision, serving, *weights}
     for rev, deployment in by_revision.items():
         if rev not in keep:
             log.info("pruning revision %s of %s/%s", rev, ns, md.metadata.name)
@@ -293,10 +371,12 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, converter_ima
                 writer.delete(JOBS, ns, job["metadata"]["name"])
 
     if serving == revision:
-        return _RollOut(latest, latest if revision in by_revision else None, conversion, repositories)
-    old = by_revision[serving]
-    old_state = observe_revision(serving, old, [], int(old.get("spec", {}).get("replicas", replicas)))
-    return _RollOut(latest, old_state, conversion, repositories)
+        serving_state = latest if revision in by_revision else None
+    else:
+        old = by_revision[serving]
+        serving_state = observe_revision(serving, old, [], int(old.get("spec", {}).get("replicas", replicas)))
+    return _RollOut(latest, serving_state, conversion, repositories, weights, canary_mode, decision, note, rollout,
+                    http_route)
 
 
 def _failed_status(
@@ -316,6 +396,10 @@ def _failed_status(
             ),
         }
     )
+
+
+_QUIET_CONDITIONS = frozenset({ConditionType.PROGRESSING})
+"""Conditions whose transitions are not events of their own: the rollout records its events, with the numbers."""
 
 
 def _write_status(
@@ -338,6 +422,8 @@ def _write_status(
         "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid},
     }
     for cond in transitions(current.conditions, status.conditions):
+        if cond.type in _QUIET_CONDITIONS:
+            continue
         failing = cond.status == "False" and cond.reason not in (Reason.PROGRESSING, Reason.CONVERTING)
         try:
             kube.event(regarding, type_="Warning" if failing else "Normal", reason=cond.reason,

@@ -1,8 +1,7 @@
 """The canary's traffic objects: a Service per revision (the gateway's backend for it) and the model's HTTPRoute.
 
-Pure, like every renderer. Not applied by the reconciler yet: spec.traffic and spec.rollout arrive with it
-(docs/rollouts.md). The model's main Service (render/triton.py) keeps selecting the stable revision for
-in-cluster clients that bypass the gateway.
+Pure, like every renderer; applied by modelyard.reconcile.traffic. The model's main Service (render/triton.py)
+keeps selecting the stable revision for in-cluster clients that bypass the gateway.
 """
 
 from __future__ import annotations

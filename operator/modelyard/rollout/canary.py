@@ -16,11 +16,13 @@ operator restart resumes at the same step with the same weight. Rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
+from modelyard.api.conditions import Reason
 from modelyard.api.v1alpha1.rollout import Analysis, Measurement, Rollout, RolloutStatus, seconds
 
-PROGRESSING, WAITING, PAUSED = "CanaryProgressing", "CanaryWaiting", "CanaryPaused"
-PROMOTED, ROLLED_BACK = "CanaryPromoted", "CanaryRolledBack"
+PROGRESSING, WAITING, PAUSED = Reason.CANARY_PROGRESSING, Reason.CANARY_WAITING, Reason.CANARY_PAUSED
+PROMOTED, ROLLED_BACK = Reason.CANARY_PROMOTED, Reason.CANARY_ROLLED_BACK
 
 
 @dataclass(frozen=True)
@@ -31,12 +33,16 @@ class Observed:
     """The latest revision: the one being rolled out."""
     canary_ready: bool
     now: float
+    stable: str | None = None
+    """The revision that serves now: recorded when a canary begins, kept for the drain after promotion."""
     measurement: Measurement | None = None
     """The newest analysis of the canary (the same one again is not counted twice)."""
     resume: bool = False
     """A person released the indefinite pause at the current step."""
     promote: bool = False
     abort: bool = False
+    failure: str | None = None
+    """The canary's pods failed (a container exited or restarts, an image does not pull): roll back at once."""
 
 
 @dataclass(frozen=True)
@@ -76,15 +82,17 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
     """Given where the rollout is and what was just observed, what happens next."""
     now = seen.now
     if state is None or state.canary != seen.canary:
-        state = RolloutStatus(canary=seen.canary, step_started_at=now)
+        state = RolloutStatus(canary=seen.canary, stable=seen.stable, step_started_at=now)
     if state.phase == "Promoted":
         return Decision(state, 100, PROMOTED)
     if state.phase == "RolledBack":
         return Decision(state, 0, ROLLED_BACK)
     if seen.abort:
-        return _roll_back(state, "aborted by a person")
+        return _roll_back(state, "aborted by a person", now)
+    if seen.failure:
+        return _roll_back(state, f"weight {state.weight}%: the canary's pods failed: {seen.failure}", now)
     if seen.promote:
-        return _promote(state, "promoted by a person")
+        return _promote(state, "promoted by a person", now)
 
     event: str | None = None
     inconclusive = ""
@@ -99,7 +107,7 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
             state = _with(state, failed_checks=failed)
             if failed >= analysis.failure_limit:
                 return _roll_back(state, f"weight {state.weight}%: {summary}; {failed} failed checks reached "
-                                         f"failureLimit {analysis.failure_limit}")
+                                         f"failureLimit {analysis.failure_limit}", now)
             event = f"weight {state.weight}%: check failed ({failed}/{analysis.failure_limit}): {summary}"
         elif outcome == "passed":
             state = _with(state, passed_at_step=state.passed_at_step + 1)
@@ -135,20 +143,56 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
                 if not seen.resume:
                     return hold(state, PAUSED, f"{where}: paused at weight {state.weight}% until a person resumes")
             else:
-                left = seconds(step.pause.duration) - (now - state.step_started_at)
-                if left > 0:
-                    return hold(state, WAITING, f"{where}: pause {step.pause.duration} at weight {state.weight}%, "
-                                         f"{left:.0f}s left{inconclusive}")
+                until = state.step_started_at + seconds(step.pause.duration)
+                if now < until:
+                    # The end time, not a countdown: a message that changed on every reconcile would be a write.
+                    return hold(state, WAITING, f"{where}: pause {step.pause.duration} at weight {state.weight}% "
+                                         f"until {_clock(until)}{inconclusive}")
         state = _with(state, step=state.step + 1, step_started_at=now, passed_at_step=0)
-    promoted = _promote(state, f"all {len(steps)} steps passed")
+    promoted = _promote(state, f"all {len(steps)} steps passed", now)
     return Decision(promoted.status, 100, PROMOTED, "; ".join(e for e in (event, promoted.event) if e))
 
 
-def _promote(state: RolloutStatus, why: str) -> Decision:
-    done = _with(state, weight=100, phase="Promoted", message=f"promoted: {why}")
+def _clock(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _promote(state: RolloutStatus, why: str, now: float) -> Decision:
+    done = _with(state, weight=100, phase="Promoted", message=f"promoted: {why}", finished_at=now)
     return Decision(done, 100, PROMOTED, f"revision {state.canary} promoted: {why}")
 
 
-def _roll_back(state: RolloutStatus, why: str) -> Decision:
-    done = _with(state, weight=0, phase="RolledBack", message=f"rolled back: {why}")
+def _roll_back(state: RolloutStatus, why: str, now: float) -> Decision:
+    done = _with(state, weight=0, phase="RolledBack", message=f"rolled back: {why}", finished_at=now)
     return Decision(done, 0, ROLLED_BACK, f"revision {state.canary} rolled back: {why}")
+
+
+def measurement_due(state: RolloutStatus | None, spec: Rollout, now: float) -> bool:
+    """Is an analysis due? Every interval while the canary has a weight, each covering time at that weight only."""
+    if state is None or state.phase not in ("Progressing", "Paused") or state.weight == 0:
+        return False
+    return now >= _next_measurement(state, spec)
+
+
+def _next_measurement(state: RolloutStatus, spec: Rollout) -> float:
+    last = state.last_measurement.at if state.last_measurement else 0.0
+    return max(state.step_started_at, last) + seconds(spec.canary.analysis.interval)
+
+
+def wake_after(state: RolloutStatus | None, spec: Rollout, now: float, drain_seconds: float) -> float | None:
+    """Seconds until the rollout has something to do without any event: an analysis, a pause's end, a drain's end."""
+    if state is None:
+        return None
+    times = []
+    if state.phase in ("Progressing", "Paused"):
+        if state.weight > 0:
+            # Past due means this reconcile could not measure (Prometheus unreachable): try again an interval on.
+            due = _next_measurement(state, spec)
+            times.append(due if due > now else now + seconds(spec.canary.analysis.interval))
+        steps = spec.canary.steps
+        if state.step < len(steps) and (pause := steps[state.step].pause) and pause.duration:
+            times.append(state.step_started_at + seconds(pause.duration))
+    elif state.phase == "Promoted" and state.finished_at is not None:
+        times.append(state.finished_at + drain_seconds)
+    future = [t - now for t in times if t > now]
+    return max(min(future), 0.5) if future else None

@@ -1,18 +1,17 @@
-"""spec.rollout and status.rollout: canary rollouts with automated analysis (issue: canary rollouts).
+"""spec.rollout, spec.traffic and status.rollout: canary rollouts through the Gateway API, with automated analysis.
 
-Not part of ModelDeploymentSpec yet: the CRD gains these fields together with the reconciler that acts on them,
-so that no manifest is accepted with a section the operator would ignore. The decision they drive is
-modelyard.rollout.canary.next_step, a pure function tested as a table.
+The decision they drive is modelyard.rollout.canary.next_step, a pure function tested as a table; the reconciler
+(modelyard.reconcile.rollout) observes, measures, applies the weight and records the state in status.rollout.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from modelyard.api.v1alpha1.common import Observed, Spec
+from modelyard.api.v1alpha1.common import Observed, Spec, cel
 
 DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -34,6 +33,9 @@ class Pause(Spec):
 
 
 class Step(Spec):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.setWeight) != has(self.pause)", "a step is either setWeight or pause, not both")]})
+
     set_weight: int | None = Field(default=None, ge=1, le=100,
                                    description="Percent of the gateway's requests that go to the canary.")
     pause: Pause | None = Field(default=None, description="Hold the current weight.")
@@ -45,11 +47,19 @@ class Step(Spec):
         return self
 
 
+def _defaults(model: type[Spec]) -> dict[str, Any]:
+    """A section's defaults in full: the API server checks a default against the section's CEL rules as it is."""
+    return model().model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
 def _default_steps() -> list[Step]:
     return [Step(set_weight=10), Step(set_weight=25), Step(set_weight=50)]
 
 
 class Latency(Spec):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.maxMs) || has(self.maxRatioToStable)", "a latency check needs maxMs, maxRatioToStable or both")]})
+
     quantile: float = Field(default=0.99, gt=0, lt=1, description="Which latency quantile is checked.")
     max_ms: float | None = Field(default=None, gt=0, description="The canary's quantile may not exceed this.")
     max_ratio_to_stable: float | None = Field(
@@ -57,6 +67,9 @@ class Latency(Spec):
 
 
 class CustomMetric(Spec):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("has(self.min) || has(self.max)", "a custom check needs min, max or both")]})
+
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
                       description="Named in conditions and events.")
     query: str = Field(min_length=1, max_length=4096,
@@ -66,6 +79,10 @@ class CustomMetric(Spec):
 
 
 class Analysis(Spec):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("duration(self.interval) >= duration('5s')",
+            "analysis.interval must be at least 5s: a rate over fewer than two scrapes has no data")]})
+
     interval: Duration = Field(default="30s", description="How often the canary is measured.")
     failure_limit: int = Field(default=2, ge=1, le=100,
                                description="Failed checks (over the whole rollout) that roll the canary back.")
@@ -79,17 +96,25 @@ class Analysis(Spec):
 
 
 class Canary(Spec):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        cel("self.steps.exists(s, has(s.setWeight))",
+            "canary.steps needs at least one setWeight step: the canary is measured only while it gets traffic")]})
+
     steps: list[Step] = Field(default_factory=_default_steps, min_length=1, max_length=32,
-                              description="setWeight and pause steps; promotion follows the last one.")
-    analysis: Analysis = Field(default_factory=Analysis, description="What the canary is measured on.")
+                              description="setWeight and pause steps; promotion follows the last one. "
+                              "Default: setWeight 10, 25, 50.",
+                              json_schema_extra={"default": [{"setWeight": 10}, {"setWeight": 25}, {"setWeight": 50}]})
+    analysis: Analysis = Field(default_factory=Analysis, description="What the canary is measured on.",
+                               json_schema_extra={"default": _defaults(Analysis)})
 
 
 class Rollout(Spec):
-    strategy: str = Field(default="blueGreen", pattern="^(blueGreen|canary)$",
+    strategy: Literal["blueGreen", "canary"] = Field(default="blueGreen",
                           description="blueGreen: switch when the new revision is ready. canary: shift traffic in "
                           "steps through the gateway, measured at each.")
     paused: bool = Field(default=False, description="Hold the rollout where it is (analysis goes on).")
-    canary: Canary = Field(default_factory=Canary, description="Steps and analysis of the canary strategy.")
+    canary: Canary = Field(default_factory=Canary, description="Steps and analysis of the canary strategy.",
+                           json_schema_extra={"default": _defaults(Canary)})
 
 
 class ParentReference(Spec):
@@ -145,3 +170,6 @@ class RolloutStatus(Observed):
     last_measurement: Measurement | None = Field(default=None, description="The last analysis and its numbers.")
     phase: str = Field(default="Progressing", description="Progressing, Paused, Promoted or RolledBack.")
     message: str = Field(default="", description="What the rollout waits for or why it ended, with numbers.")
+    stable: str | None = Field(default=None, description="The revision that served when the canary began.")
+    finished_at: float | None = Field(
+        default=None, description="When the canary was promoted or rolled back (epoch seconds).")

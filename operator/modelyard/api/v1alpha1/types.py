@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelyard.api.conditions import Condition
 from modelyard.api.v1alpha1.common import Observed, ResourceRequirements, SecretReference, Spec, Toleration, cel
 from modelyard.api.v1alpha1.conversion import Conversion
+from modelyard.api.v1alpha1.rollout import Rollout, RolloutStatus, Traffic
 
 GROUP = "modelyard.dev"
 VERSION = "v1alpha1"
@@ -229,6 +230,11 @@ class ModelDeploymentSpec(Spec):
                     "published for the Triton pods",
                 ),
                 cel(
+                    "!has(self.rollout) || self.rollout.strategy != 'canary' || has(self.traffic)",
+                    "rollout.strategy canary needs traffic.gateway: the canary's share of requests is set by the "
+                    "weights of the model's HTTPRoute",
+                ),
+                cel(
                     "has(self.conversion) || !self.model.uri.matches('^https?://')",
                     "an http(s):// model is fetched by the conversion stage: add a conversion section (with a "
                     "store), or publish the model as a Triton repository on pvc:// or s3://",
@@ -245,6 +251,16 @@ class ModelDeploymentSpec(Spec):
         default=None,
         description="Convert, compress and validate the model before serving it. Without it, model.uri must hold "
         "a Triton model repository.",
+    )
+    traffic: Traffic | None = Field(
+        default=None,
+        description="Serve the model through a Gateway API Gateway: the operator owns one HTTPRoute for it, with a "
+        "backend Service per revision. The model's own Service keeps selecting the stable revision.",
+    )
+    rollout: Rollout | None = Field(
+        default=None,
+        description="How a new revision replaces the serving one: blueGreen (the default: switch once it is ready) "
+        "or canary (a share of the gateway's requests in steps, measured at each; needs traffic.gateway).",
     )
 
 
@@ -279,6 +295,9 @@ class ModelDeploymentStatus(Observed):
     replicas: int | None = Field(default=None, description="Pods the serving revision should have.")
     ready_replicas: int | None = Field(default=None, description="Pods of the serving revision that are ready.")
     url: str | None = Field(default=None, description="In-cluster URL of Triton's HTTP endpoint.")
+    http_route: str | None = Field(default=None, description="The HTTPRoute the operator keeps for spec.traffic.")
+    rollout: RolloutStatus | None = Field(
+        default=None, description="The canary rollout in progress, or the one that ended for the latest revision.")
 
 
 class ObjectMeta(Observed):

@@ -1,0 +1,264 @@
+"""E2E: canary rollouts on live traffic. The operator process, real Triton servers (python-backend models that
+answer who they are, or fail, answer slowly, or crash the server), Traefik as the Gateway API implementation,
+Prometheus scraping it, and a bounded load generator sending inferences through the gateway the whole time."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from canary.load import Answer, Load
+from canary.repositories import write_repository
+from helpers import model_deployment, wait_for
+from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
+from modelyard.kube.client import DEPLOYMENTS, HTTP_ROUTES, MODEL_DEPLOYMENTS, SERVICES, Kube
+from modelyard.measure.promql import Backend, traefik_service
+from processkubelet.kubelet import ON_PROCESS_NODE
+
+from .conftest import OperatorProcess
+
+pytestmark = [pytest.mark.e2e, pytest.mark.triton]
+
+NAME = "echo"
+INTERVAL = 10  # seconds: the analysis interval of these tests
+STEPS = [{"setWeight": 20}, {"setWeight": 50}]
+
+
+@pytest.fixture
+def models(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Path:
+    """PVC `models` (a hostPath PV on a directory of the test's) holding one echo repository per behaviour."""
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"models-{namespace}"},
+          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
+                   "hostPath": {"path": str(tmp_path)}, "claimRef": {"namespace": namespace, "name": "models"}}}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models", "namespace": namespace},
+           "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": f"models-{namespace}",
+                    "resources": {"requests": {"storage": "1Gi"}}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
+    wait_for("the PVC to bind", lambda: cluster.kubectl(
+        "get", "pvc", "-n", namespace, "models", "-o", "jsonpath={.status.phase}").stdout == "Bound")
+    write_repository(tmp_path, "v1")
+    write_repository(tmp_path, "v2")
+    write_repository(tmp_path, "failing", fail_percent=40)
+    # Slow, not stuck: four instances serve 600 ms requests faster than a 20% share of the load arrives.
+    write_repository(tmp_path, "slow", delay_ms=600, instances=4)
+    write_repository(tmp_path, "crashing", crash_after=3)
+    return tmp_path
+
+
+def manifest(namespace: str, identity: str, min_requests: int = 10) -> dict[str, Any]:
+    m = model_deployment(NAME, namespace, gpus=0, **ON_PROCESS_NODE)
+    m["spec"]["model"] = {"uri": f"pvc://models/{identity}", "format": "onnx"}
+    m["spec"]["traffic"] = {"gateway": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
+                                        "hostnames": [f"{NAME}.{namespace}.local"]}}
+    m["spec"]["rollout"] = {"strategy": "canary", "canary": {"steps": STEPS, "analysis": {
+        "interval": f"{INTERVAL}s", "failureLimit": 1, "minRequests": min_requests, "minSuccessRate": 99,
+        "latency": {"maxMs": 500}}}}
+    return m
+
+
+def body(admin: Kube, namespace: str) -> dict[str, Any]:
+    return admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}
+
+
+def condition(b: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in b.get("status", {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def events(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
+    items = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    return sorted((e for e in items if e["involvedObject"]["name"] == NAME),
+                  key=lambda e: e.get("eventTime") or e.get("firstTimestamp") or "")
+
+
+def diagnose(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorProcess) -> str:
+    status = json.dumps(body(admin, namespace).get("status"), indent=1)
+    notes = "\n".join(f"{e['reason']}: {e.get('message') or e.get('note')}" for e in events(cluster, namespace))
+    return f"status: {status}\nevents:\n{notes}\noperator:\n{op.log_tail(3000)}\n{cluster.container_logs(namespace)}"
+
+
+def serving_stable(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorProcess, identity: str,
+                   load: Load) -> str:
+    """Deploy the first revision (no canary: nothing serves yet) and wait until the gateway answers from it."""
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest(namespace, identity)))
+
+    def answering() -> str | None:
+        b = body(admin, namespace)
+        stable = (b.get("status", {}).get("revisions") or {}).get("stable") or {}
+        return stable.get("name") if load.ask().who == identity and condition(b, "Ready").get("status") == "True" \
+            else None
+
+    try:
+        return wait_for(f"revision {identity} to serve through the gateway", answering, timeout=180, interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(cluster, admin, namespace, op)}") from None
+
+
+def roll_to(cluster: LocalCluster, namespace: str, identity: str, **kw: Any) -> None:
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest(namespace, identity, **kw)))
+
+
+def rollout_phase(admin: Kube, namespace: str, phase: str) -> Any:
+    def probe() -> dict[str, Any] | None:
+        r = body(admin, namespace).get("status", {}).get("rollout") or {}
+        return r if r.get("phase") == phase else None
+    return probe
+
+
+def stable_5xx(cluster: LocalCluster, namespace: str, stable_revision: str) -> float:
+    """5xx answers the gateway counted for the stable revision's backend over the last 10 minutes."""
+    service = traefik_service(Backend(namespace, f"{NAME}-{stable_revision}", 8000, stable_revision))
+    result = cluster.prometheus_query(
+        f'sum(increase(traefik_service_requests_total{{service="{service}",code=~"5.."}}[10m]))')
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+@pytest.fixture
+def load(cluster: LocalCluster, namespace: str) -> Iterator[Load]:
+    generator = Load(cluster.gateway_url, f"{NAME}.{namespace}.local", rate=20, workers=32)
+    yield generator
+    generator.stop()
+
+
+def test_a_good_canary_walks_every_step_under_load_and_is_promoted(
+    cluster: LocalCluster, admin: Kube, operator_process: OperatorProcess, namespace: str, models: Path, load: Load,
+) -> None:
+    stable = serving_stable(cluster, admin, namespace, operator_process, "v1", load)
+    load.start()
+    started = time.time()
+    roll_to(cluster, namespace, "v2")
+
+    # -o wide shows the canary and its weight while it rolls out.
+    def wide_shows_weight() -> str | None:
+        out = cluster.kubectl("get", "mdep", "-n", namespace, NAME, "-o", "wide").stdout
+        return out if "Progressing" in out and any(f" {s['setWeight']} " in out for s in STEPS) else None
+    wide = wait_for("kubectl get -o wide to show the canary at a weight", wide_shows_weight, timeout=120, interval=1)
+    assert "CANARY" in wide and "WEIGHT" in wide, wide
+
+    try:
+        promoted = wait_for("the canary to be promoted", rollout_phase(admin, namespace, "Promoted"), timeout=240,
+                            interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(cluster, admin, namespace, operator_process)}") from None
+    canary = promoted["canary"]
+
+    def old_gone() -> bool:
+        deployments = admin.list_by_labels(DEPLOYMENTS, namespace, {"modelyard.dev/deployment": NAME})
+        services = admin.list_by_labels(SERVICES, namespace, {"modelyard.dev/deployment": NAME,
+                                                              "modelyard.dev/revision": stable})
+        return [d["metadata"]["name"] for d in deployments] == [f"{NAME}-{canary}"] and not services
+    wait_for("the old revision to be removed after the drain", old_gone, timeout=60, interval=1)
+    time.sleep(2)  # a few more answers from the new revision alone
+    answers = load.stop()
+
+    b = body(admin, namespace)
+    assert b["status"]["revisions"]["stable"]["name"] == canary and "rollout" not in b["status"], b["status"]
+    assert condition(b, "Ready")["status"] == "True"
+    assert condition(b, "Progressing")["reason"] == "RolloutComplete", condition(b, "Progressing")
+    route = admin.get(HTTP_ROUTES, namespace, NAME) or {}
+    assert [r["name"] for r in route["spec"]["rules"][0]["backendRefs"]] == [f"{NAME}-{canary}"], route
+
+    during = [a for a in answers if a.at >= started]
+    failed = [a for a in during if a.status != 200]
+    by_who = Counter(a.who for a in during)
+    assert not failed, f"{len(failed)} of {len(during)} requests failed during the rollout: {failed[:5]}"
+    assert by_who["v1"] > 0 and by_who["v2"] > 0 and set(by_who) == {"v1", "v2"}, by_who
+    assert all(a.who == "v2" for a in answers[-10:]), answers[-10:]
+
+    # An event at every step, with the numbers it was judged on.
+    notes = [(e["reason"], e.get("note") or e.get("message") or "") for e in events(cluster, namespace)]
+    progress = [n for r, n in notes if r == "CanaryProgressing"]
+    assert any("weight 20%: success-rate 100 >= 99%" in n and "requests" in n and "latency-p99" in n
+               for n in progress), notes
+    assert any("step 2/2: weight 50%" in n for n in progress), notes
+    assert any(r == "CanaryPromoted" and f"revision {canary} promoted: all 2 steps passed" in n for r, n in notes)
+
+
+def rolled_back(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorProcess) -> dict[str, Any]:
+    try:
+        return wait_for("the canary to be rolled back", rollout_phase(admin, namespace, "RolledBack"), timeout=180,
+                        interval=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(cluster, admin, namespace, op)}") from None
+
+
+def assert_rolled_back_cleanly(cluster: LocalCluster, admin: Kube, namespace: str, stable: str, canary_id: str,
+                               answers: list[Answer], check: str, gateway_errors: bool = False) -> dict[str, Any]:
+    b = body(admin, namespace)
+    r = b["status"]["rollout"]
+    assert r["weight"] == 0 and r["stable"] == stable, r
+    assert condition(b, "Ready")["status"] == "True", condition(b, "Ready")  # the stable revision serves
+    progressing = condition(b, "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "CanaryRolledBack"), progressing
+    assert check in progressing["message"], progressing
+    assert b["status"]["revisions"]["stable"]["name"] == stable
+    deployment = admin.get(DEPLOYMENTS, namespace, f"{NAME}-{r['canary']}") or {}
+    assert deployment["spec"]["replicas"] == 0, "a rolled-back canary is scaled down"
+    # The weight never went past the step it failed at (the first), by the canary's own record and the client's.
+    served = [a for a in answers if a.who == canary_id]
+    assert served, "the canary never got a request"
+    # Every failure the client saw came from the canary (a crashed server's requests end at the gateway, which
+    # cannot name the revision); the gateway counted no 5xx for the stable revision.
+    blamed = Counter(a.who for a in answers if a.status != 200)
+    assert set(blamed) <= ({canary_id, ""} if gateway_errors else {canary_id}), (blamed, [
+        a for a in answers if a.status != 200][:5])
+    assert stable_5xx(cluster, namespace, stable) == 0
+    notes = [(e["reason"], e.get("note") or e.get("message") or "") for e in events(cluster, namespace)]
+    assert any(r_ == "CanaryRolledBack" and check in n for r_, n in notes), notes
+    return r
+
+
+def test_failing_slow_and_crashing_canaries_are_rolled_back_and_too_little_traffic_waits(
+    cluster: LocalCluster, admin: Kube, operator_process: OperatorProcess, namespace: str, models: Path, load: Load,
+) -> None:
+    op = operator_process
+    stable = serving_stable(cluster, admin, namespace, op, "v1", load)
+
+    # No load: the canary gets its weight but no analysis can judge it. It waits and says so; it is not promoted.
+    roll_to(cluster, namespace, "failing")
+    try:
+        waiting = wait_for("the idle canary to wait on too little traffic", lambda: (c := condition(
+            body(admin, namespace), "Progressing")).get("reason") == "CanaryWaiting" and "inconclusive" in c.get(
+            "message", "") and c, timeout=180, interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(cluster, admin, namespace, op)}") from None
+    assert "needed to judge" in waiting["message"], waiting
+    r = body(admin, namespace)["status"]["rollout"]
+    assert (r["step"], r["weight"], r["phase"]) == (0, 20, "Progressing"), r
+
+    # Load: the failing canary (40% errors) is rolled back at its first analysis, at the step it was on.
+    load.start()
+    started = time.time()
+    rolled_back(cluster, admin, namespace, op)
+    failing = assert_rolled_back_cleanly(cluster, admin, namespace, stable, "failing", load.since(started),
+                                         "success-rate")
+    assert "weight 20%" in failing["message"] and "failureLimit 1" in failing["message"], failing
+    assert body(admin, namespace)["status"]["rollout"]["canary"] == failing["canary"]
+    time.sleep(INTERVAL)  # remembered: not retried while the spec stays
+    assert body(admin, namespace)["status"]["rollout"]["phase"] == "RolledBack"
+    assert all(a.who == "v1" for a in load.since(time.time() - INTERVAL / 2)), "traffic went back to the stable"
+
+    # The slow canary fails the latency check.
+    started = time.time()
+    roll_to(cluster, namespace, "slow")
+    wait_for("the slow canary to start", lambda: body(admin, namespace)["status"]["rollout"]["canary"] !=
+             failing["canary"], timeout=60)
+    slow = rolled_back(cluster, admin, namespace, op)
+    assert_rolled_back_cleanly(cluster, admin, namespace, stable, "slow", load.since(started), "latency-p99")
+    assert "latency-p99" in slow["message"] and "not <= 500 ms" in slow["message"], slow
+
+    # The crashing canary takes its server down on its third request: its pods failed, it is rolled back.
+    started = time.time()
+    roll_to(cluster, namespace, "crashing")
+    wait_for("the crashing canary to start", lambda: body(admin, namespace)["status"]["rollout"]["canary"] !=
+             slow["canary"], timeout=60)
+    crashed = rolled_back(cluster, admin, namespace, op)
+    assert_rolled_back_cleanly(cluster, admin, namespace, stable, "crashing", load.since(started),
+                               "the canary's pods failed", gateway_errors=True)
+    assert "exited with code 137" in crashed["message"], crashed
+    load.stop()
