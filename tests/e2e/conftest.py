@@ -13,9 +13,25 @@ import pytest
 from localcluster import LocalCluster, free_port
 
 
+def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "modelyard", "--liveness=", "--verbose"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
 class OperatorProcess:
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path, resync_seconds: float) -> None:
-        self.proc, self.log, self.resync_seconds = proc, log, resync_seconds
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, resync_seconds: float,
+                 env: dict[str, str]) -> None:
+        self.proc, self.log, self.resync_seconds, self.env = proc, log, resync_seconds, env
+
+    def kill(self) -> None:
+        """kill -9: no shutdown handler runs, as when a node dies under the operator."""
+        self.proc.kill()
+        self.proc.wait(timeout=20)
+
+    def start(self) -> None:
+        assert self.proc.poll() is not None, "the operator is still running"
+        self.proc = _start(self.env, self.log)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
@@ -37,20 +53,16 @@ def operator_process(cluster: LocalCluster) -> Iterator[OperatorProcess]:
         "MODELYARD_PROMETHEUS_URL": cluster.prometheus_url,
         "MODELYARD_DRAIN_SECONDS": "5",
     }
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelyard", "--liveness=", "--verbose"], env=env, stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    op = OperatorProcess(proc, log, resync)
+    log.write_bytes(b"")
+    op = OperatorProcess(_start(env, log), log, resync, env)
     try:
         yield op
         op.assert_running()
         errors = [line for line in log.read_text().splitlines() if "Traceback" in line]
         assert not errors, f"the operator logged tracebacks:\n{op.log_tail()}"
     finally:
-        proc.terminate()
+        op.proc.terminate()
         try:
-            proc.wait(timeout=20)
+            op.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            op.proc.kill()

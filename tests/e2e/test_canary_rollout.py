@@ -51,12 +51,13 @@ def models(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Path:
     return tmp_path
 
 
-def manifest(namespace: str, identity: str, min_requests: int = 10) -> dict[str, Any]:
+def manifest(namespace: str, identity: str, min_requests: int = 10,
+             steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     m = model_deployment(NAME, namespace, gpus=0, **ON_PROCESS_NODE)
     m["spec"]["model"] = {"uri": f"pvc://models/{identity}", "format": "onnx"}
     m["spec"]["traffic"] = {"gateway": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
                                         "hostnames": [f"{NAME}.{namespace}.local"]}}
-    m["spec"]["rollout"] = {"strategy": "canary", "canary": {"steps": STEPS, "analysis": {
+    m["spec"]["rollout"] = {"strategy": "canary", "canary": {"steps": steps or STEPS, "analysis": {
         "interval": f"{INTERVAL}s", "failureLimit": 1, "minRequests": min_requests, "minSuccessRate": 99,
         "latency": {"maxMs": 500}}}}
     return m
@@ -262,3 +263,63 @@ def test_failing_slow_and_crashing_canaries_are_rolled_back_and_too_little_traff
                                "the canary's pods failed", gateway_errors=True)
     assert "exited with code 137" in crashed["message"], crashed
     load.stop()
+
+
+def route_weights(admin: Kube, namespace: str) -> dict[str, int]:
+    route = admin.get(HTTP_ROUTES, namespace, NAME) or {}
+    return {r["name"]: r["weight"] for r in route["spec"]["rules"][0]["backendRefs"]}
+
+
+def test_an_operator_killed_mid_rollout_resumes_at_the_same_step_and_weight_and_a_person_resumes_the_pause(
+    cluster: LocalCluster, admin: Kube, operator_process: OperatorProcess, namespace: str, models: Path, load: Load,
+) -> None:
+    op = operator_process
+    stable = serving_stable(cluster, admin, namespace, op, "v1", load)
+    load.start()
+    steps = [{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest(namespace, "v2", steps=steps)))
+    try:
+        paused = wait_for("the canary to pause at 20% until a person resumes", rollout_phase(
+            admin, namespace, "Paused"), timeout=180, interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(cluster, admin, namespace, op)}") from None
+    canary = paused["canary"]
+    assert (paused["step"], paused["weight"]) == (1, 20), paused
+    assert condition(body(admin, namespace), "Progressing")["reason"] == "CanaryPaused"
+    weights = {f"{NAME}-{stable}": 80, f"{NAME}-{canary}": 20}
+    assert route_weights(admin, namespace) == weights
+
+    op.kill()
+    time.sleep(5)  # the gateway keeps the weights the operator set; nothing else moves them
+    assert route_weights(admin, namespace) == weights
+    logged = op.log.stat().st_size
+    op.start()
+    killed_at = time.time()
+    # Several resyncs later: the same step, the same weight, no traffic jump.
+    reconciled = f"reconciled {namespace}/{NAME}".encode()
+    wait_for("the restarted operator to reconcile the model", lambda: reconciled in op.log.read_bytes()[logged:]
+             and time.time() > killed_at + 3 * op.resync_seconds, timeout=60, interval=1)
+    after = body(admin, namespace)["status"]["rollout"]
+    assert (after["canary"], after["step"], after["weight"], after["phase"], after["stepStartedAt"]) == (
+        canary, 1, 20, "Paused", paused["stepStartedAt"]), after
+    assert route_weights(admin, namespace) == weights
+    op.assert_running()
+
+    # A stale resume (another step) does nothing; the right one releases the pause and the rollout goes on.
+    annotate = ("annotate", "--overwrite", "-n", namespace, f"mdep/{NAME}")
+    cluster.kubectl(*annotate, f"rollout.modelyard.dev/resume={canary}/3")
+    time.sleep(3 * op.resync_seconds)
+    assert body(admin, namespace)["status"]["rollout"]["phase"] == "Paused"
+    cluster.kubectl(*annotate, f"rollout.modelyard.dev/resume={canary}/2")
+    try:
+        wait_for("the resumed canary to be promoted", rollout_phase(admin, namespace, "Promoted"), timeout=120,
+                 interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnose(cluster, admin, namespace, op)}") from None
+    answers = load.stop()
+    failed = [a for a in answers if a.status != 200]
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:5]}"
+    # Nothing ever routed more than the step's share to the canary before the person resumed: the first v2
+    # answers after the restart keep to about a fifth.
+    window = [a for a in answers if killed_at <= a.at <= killed_at + 3 * op.resync_seconds]
+    assert window and 0 < Counter(a.who for a in window)["v2"] < len(window) / 2, Counter(a.who for a in window)
