@@ -77,3 +77,7 @@ kind-e2e: ## The same on kind, for machines with Docker (not run in CI)
 .PHONY: bench
 bench: venv ## Benchmarks: ratios measured in one run (bench/convert.py)
 	$(BIN)/python bench/convert.py
+
+.PHONY: bench-rollout
+bench-rollout: venv control-plane prometheus gateway ## Canary rollback on live traffic, in analysis intervals (bench/rollout.py)
+	$(BIN)/python bench/rollout.py

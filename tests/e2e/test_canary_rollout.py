@@ -14,53 +14,21 @@ from typing import Any
 import pytest
 
 from canary.load import Answer, Load
-from canary.repositories import write_repository
-from helpers import model_deployment, wait_for
-from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
+from canary.scenario import INTERVAL, NAME, STEPS, manifest, provision_models
+from helpers import wait_for
+from localcluster import LocalCluster
 from modelyard.kube.client import DEPLOYMENTS, HTTP_ROUTES, MODEL_DEPLOYMENTS, SERVICES, Kube
 from modelyard.measure.promql import Backend, traefik_service
-from processkubelet.kubelet import ON_PROCESS_NODE
 
 from .conftest import OperatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.triton]
 
-NAME = "echo"
-INTERVAL = 10  # seconds: the analysis interval of these tests
-STEPS = [{"setWeight": 20}, {"setWeight": 50}]
-
 
 @pytest.fixture
 def models(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Path:
-    """PVC `models` (a hostPath PV on a directory of the test's) holding one echo repository per behaviour."""
-    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"models-{namespace}"},
-          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                   "hostPath": {"path": str(tmp_path)}, "claimRef": {"namespace": namespace, "name": "models"}}}
-    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models", "namespace": namespace},
-           "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": f"models-{namespace}",
-                    "resources": {"requests": {"storage": "1Gi"}}}}
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
-    wait_for("the PVC to bind", lambda: cluster.kubectl(
-        "get", "pvc", "-n", namespace, "models", "-o", "jsonpath={.status.phase}").stdout == "Bound")
-    write_repository(tmp_path, "v1")
-    write_repository(tmp_path, "v2")
-    write_repository(tmp_path, "failing", fail_percent=40)
-    # Slow, not stuck: four instances serve 600 ms requests faster than a 20% share of the load arrives.
-    write_repository(tmp_path, "slow", delay_ms=600, instances=4)
-    write_repository(tmp_path, "crashing", crash_after=3)
+    provision_models(cluster, namespace, tmp_path)
     return tmp_path
-
-
-def manifest(namespace: str, identity: str, min_requests: int = 10,
-             steps: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    m = model_deployment(NAME, namespace, gpus=0, **ON_PROCESS_NODE)
-    m["spec"]["model"] = {"uri": f"pvc://models/{identity}", "format": "onnx"}
-    m["spec"]["traffic"] = {"gateway": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
-                                        "hostnames": [f"{NAME}.{namespace}.local"]}}
-    m["spec"]["rollout"] = {"strategy": "canary", "canary": {"steps": steps or STEPS, "analysis": {
-        "interval": f"{INTERVAL}s", "failureLimit": 1, "minRequests": min_requests, "minSuccessRate": 99,
-        "latency": {"maxMs": 500}}}}
-    return m
 
 
 def body(admin: Kube, namespace: str) -> dict[str, Any]:
@@ -78,7 +46,10 @@ def events(cluster: LocalCluster, namespace: str) -> list[dict[str, Any]]:
 
 
 def diagnose(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorProcess) -> str:
-    status = json.dumps(body(admin, namespace).get("status"), indent=1)
+    b = body(admin, namespace)
+    progressing = condition(b, "Progressing")
+    status = f"Progressing: {progressing.get('reason')}: {progressing.get('message')}\n" + json.dumps(
+        b.get("status"), indent=1)
     notes = "\n".join(f"{e['reason']}: {e.get('message') or e.get('note')}" for e in events(cluster, namespace))
     return f"status: {status}\nevents:\n{notes}\noperator:\n{op.log_tail(3000)}\n{cluster.container_logs(namespace)}"
 
