@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "hack")]
+sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]  # as pytest orders them (pyproject.toml)
 
 
 def main() -> int:

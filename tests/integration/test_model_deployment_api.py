@@ -15,7 +15,7 @@ from helpers import model_deployment, operator_writes, ready_condition, wait_for
 from localcluster import LocalCluster
 from modelyard.api.names import FIELD_MANAGER, LABEL_REVISION, revision_of
 from modelyard.api.v1alpha1 import ModelDeployment
-from modelyard.kube.client import DEPLOYMENTS, MODEL_DEPLOYMENTS, SERVICES, Kube
+from modelyard.kube.client import DEPLOYMENTS, HTTP_ROUTES, MODEL_DEPLOYMENTS, SERVICES, Kube
 from modelyard.reconcile.model_deployment import Outcome, reconcile_model_deployment
 
 pytestmark = pytest.mark.integration
@@ -289,3 +289,54 @@ def test_a_terminating_namespace_is_not_reported_as_a_rejected_apply(
     finally:
         cluster.kubectl("patch", "-n", namespace, "mdep/doomed", "--type=merge", "-p",
                         '{"metadata":{"finalizers":null}}')
+
+
+def test_traffic_through_a_gateway_blue_green_and_its_removal(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    """Blue/green with spec.traffic: the route sends everything to the serving revision through its own Service,
+    follows the switch, makes no write on an unchanged resync, and goes with spec.traffic."""
+    manifest = model_deployment("routed", namespace)
+    manifest["spec"]["traffic"] = {"gateway": {"parentRefs": [{"name": "public", "namespace": "gateway-system"}],
+                                               "hostnames": ["routed.example.com"], "pathPrefix": "/v2"}}
+    apply(cluster, manifest)
+    first = reconcile_until_ready(admin, operator_kube, namespace, "routed")
+
+    def backends() -> dict[str, int]:
+        route = admin.get(HTTP_ROUTES, namespace, "routed") or {}
+        return {r["name"]: r["weight"] for r in route["spec"]["rules"][0]["backendRefs"]}
+
+    def revision_services() -> list[str]:
+        return sorted(s["metadata"]["name"] for s in admin.list_by_labels(SERVICES, namespace, {
+            "modelyard.dev/deployment": "routed"}) if LABEL_REVISION in s["metadata"]["labels"])
+
+    route = admin.get(HTTP_ROUTES, namespace, "routed") or {}
+    assert route["metadata"]["ownerReferences"][0]["kind"] == "ModelDeployment"
+    assert route["spec"]["parentRefs"] == [{"group": "gateway.networking.k8s.io", "kind": "Gateway",
+                                            "name": "public", "namespace": "gateway-system"}]
+    assert route["spec"]["hostnames"] == ["routed.example.com"]
+    assert route["spec"]["rules"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/v2"}}]
+    assert backends() == {f"routed-{first.revision}": 100}
+    assert revision_services() == [f"routed-{first.revision}"]
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, "routed") or {}
+    assert body["status"]["httpRoute"] == "routed"
+    assert "Progressing" not in {c["type"] for c in body["status"]["conditions"]}, "no canary: no rollout condition"
+
+    mark = len(cluster.audit_events())
+    assert reconcile(admin, operator_kube, namespace, "routed").writes == 0, operator_writes(cluster, mark)
+
+    manifest["spec"]["serving"]["maxBatchSize"] = 16  # a new revision; changing traffic alone would not be one
+    apply(cluster, manifest)
+    second = reconcile_until_ready(admin, operator_kube, namespace, "routed")
+    assert second.revision != first.revision
+    assert backends() == {f"routed-{second.revision}": 100}
+    assert revision_services() == [f"routed-{second.revision}"]
+
+    del manifest["spec"]["traffic"]
+    apply(cluster, manifest)
+    assert reconcile(admin, operator_kube, namespace, "routed").revision == second.revision
+    assert admin.get(HTTP_ROUTES, namespace, "routed") is None
+    assert revision_services() == []
+    assert "httpRoute" not in (admin.get(MODEL_DEPLOYMENTS, namespace, "routed") or {})["status"]
+    mark = len(cluster.audit_events())
+    assert reconcile(admin, operator_kube, namespace, "routed").writes == 0, operator_writes(cluster, mark)

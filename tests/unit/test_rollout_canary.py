@@ -94,8 +94,10 @@ def test_failure_limit_rolls_back_at_once_with_the_numbers_and_remembers_the_rev
     d = step(s, 31, measurement=bad(30))
     assert (d.weight, d.reason) == (10, WAITING)
     assert d.event == "weight 10%: check failed (1/2): success-rate 71.2 not >= 99% (300 requests)"
+    assert d.warning, "a failed check is a Warning event"
+    assert not step(s, 31, measurement=good(30)).warning
     d = step(d.status, 61, measurement=bad(60))
-    assert (d.weight, d.reason, d.status.phase) == (0, ROLLED_BACK, "RolledBack")
+    assert (d.weight, d.reason, d.status.phase, d.warning) == (0, ROLLED_BACK, "RolledBack", True)
     assert d.status.message == ("rolled back: weight 10%: success-rate 71.2 not >= 99% (300 requests); 2 failed "
                                 "checks reached failureLimit 2")
     # Rolled back stays rolled back for this revision, whatever comes next; a new revision starts over.
@@ -178,3 +180,31 @@ def test_durations(text: str, value: float) -> None:
 def test_a_step_is_one_thing() -> None:
     with pytest.raises(ValueError, match="either setWeight or pause"):
         Rollout.model_validate({"canary": {"steps": [{"setWeight": 10, "pause": {}}]}})
+
+
+def test_an_analysis_is_due_every_interval_at_a_weight_and_never_at_weight_0() -> None:
+    from modelyard.rollout.canary import measurement_due
+
+    s = at_weight_10()  # weight 10 since t=0, interval 30 s
+    assert [measurement_due(s, SPEC, t) for t in (0, 29, 30)] == [False, False, True]
+    measured = step(s, 31, measurement=good(31)).status
+    assert [measurement_due(measured, SPEC, t) for t in (40, 61)] == [False, True]
+    assert not measurement_due(step(None, 0, ready=False).status, SPEC, 100)
+    assert not measurement_due(None, SPEC, 100)
+    assert not measurement_due(step(s, 5, abort=True).status, SPEC, 100)
+
+
+def test_the_operator_wakes_for_the_next_analysis_a_pause_end_or_a_drain_end() -> None:
+    from modelyard.rollout.canary import wake_after
+
+    s = at_weight_10()
+    assert wake_after(s, SPEC, 10, drain_seconds=30) == 20
+    # Past due (Prometheus could not be asked): try again an interval on, not in a busy loop.
+    assert wake_after(s, SPEC, 45, drain_seconds=30) == 30
+    pausing = step(s, 60, measurement=good(60)).status  # step 2: pause 60s from t=60
+    assert pausing.step == 1 and wake_after(pausing, SPEC, 70, drain_seconds=30) == 20  # analysis before pause end
+    promoted = step(s, 80, promote=True).status
+    assert wake_after(promoted, SPEC, 90, drain_seconds=30) == 20
+    assert wake_after(promoted, SPEC, 200, drain_seconds=30) is None
+    assert wake_after(step(s, 80, abort=True).status, SPEC, 90, drain_seconds=30) is None
+    assert wake_after(None, SPEC, 0, drain_seconds=30) is None

@@ -206,7 +206,7 @@ def _rollout_event(kube: Kube, meta: ObjectMeta, decision: Decision) -> int:
     regarding = {"apiVersion": API_VERSION, "kind": KIND,
                  "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid}}
     try:
-        kube.event(regarding, type_="Warning" if decision.reason == ROLLED_BACK else "Normal", reason=decision.reason,
+        kube.event(regarding, type_="Warning" if decision.warning else "Normal", reason=decision.reason,
                    note=decision.event or "", action="Rollout")
     except ApiException as exc:  # an event is worth a try, not a failed reconcile
         log.warning("could not record event %s for %s/%s: %s", decision.reason, meta.namespace, meta.name, exc.status)

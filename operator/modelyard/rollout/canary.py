@@ -53,6 +53,8 @@ class Decision:
     reason: str
     event: str | None = None
     """Something changed that deserves an event (a new weight, an analysis, the end), with its numbers."""
+    warning: bool = False
+    """The event reports a failure (a failed analysis, a rollback): a Warning event."""
 
 
 def verdict(m: Measurement, analysis: Analysis) -> tuple[str, str]:
@@ -95,6 +97,7 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
         return _promote(state, "promoted by a person", now)
 
     event: str | None = None
+    warning = False
     inconclusive = ""
     analysis = spec.canary.analysis
     m = seen.measurement
@@ -109,6 +112,7 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
                 return _roll_back(state, f"weight {state.weight}%: {summary}; {failed} failed checks reached "
                                          f"failureLimit {analysis.failure_limit}", now)
             event = f"weight {state.weight}%: check failed ({failed}/{analysis.failure_limit}): {summary}"
+            warning = True
         elif outcome == "passed":
             state = _with(state, passed_at_step=state.passed_at_step + 1)
             event = f"weight {state.weight}%: {summary}"
@@ -118,7 +122,7 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
     def hold(current: RolloutStatus, reason: str, message: str) -> Decision:
         phase = "Paused" if reason == PAUSED else "Progressing"
         held = _with(current, phase=phase, message=message)
-        return Decision(held, held.weight if seen.canary_ready else 0, reason, event)
+        return Decision(held, held.weight if seen.canary_ready else 0, reason, event, warning)
 
     if spec.paused:
         return hold(state, PAUSED, f"paused by spec.rollout.paused at weight {state.weight}%{inconclusive}")
@@ -134,7 +138,7 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
                 state = _with(state, weight=step.set_weight, step_started_at=now, passed_at_step=0, phase="Progressing",
                               message=f"{where}: weight {step.set_weight}%")
                 return Decision(state, state.weight, PROGRESSING,
-                                "; ".join(e for e in (event, f"{where}: weight {step.set_weight}%") if e))
+                                "; ".join(e for e in (event, f"{where}: weight {step.set_weight}%") if e), warning)
             if state.passed_at_step < 1:
                 return hold(state, WAITING, f"{where}: weight {state.weight}%, waiting for a passing analysis"
                                      f"{inconclusive}")
@@ -150,7 +154,7 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
                                          f"until {_clock(until)}{inconclusive}")
         state = _with(state, step=state.step + 1, step_started_at=now, passed_at_step=0)
     promoted = _promote(state, f"all {len(steps)} steps passed", now)
-    return Decision(promoted.status, 100, PROMOTED, "; ".join(e for e in (event, promoted.event) if e))
+    return Decision(promoted.status, 100, PROMOTED, "; ".join(e for e in (event, promoted.event) if e), warning)
 
 
 def _clock(epoch: float) -> str:
@@ -164,7 +168,7 @@ def _promote(state: RolloutStatus, why: str, now: float) -> Decision:
 
 def _roll_back(state: RolloutStatus, why: str, now: float) -> Decision:
     done = _with(state, weight=0, phase="RolledBack", message=f"rolled back: {why}", finished_at=now)
-    return Decision(done, 0, ROLLED_BACK, f"revision {state.canary} rolled back: {why}")
+    return Decision(done, 0, ROLLED_BACK, f"revision {state.canary} rolled back: {why}", warning=True)
 
 
 def measurement_due(state: RolloutStatus | None, spec: Rollout, now: float) -> bool:
