@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,6 +150,10 @@ def test_a_good_canary_walks_every_step_under_load_and_is_promoted(
                for n in progress), notes
     assert any("step 2/2: weight 50%" in n for n in progress), notes
     assert any(r == "CanaryPromoted" and f"revision {canary} promoted: all 2 steps passed" in n for r, n in notes)
+    # The operator's own metrics count the rollout's events.
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator_process.env['MODELYARD_METRICS_PORT']}/metrics") as r:
+        metrics = r.read().decode()
+    assert 'modelyard_rollout_events_total{reason="CanaryPromoted"}' in metrics, metrics[-2000:]
 
 
 def rolled_back(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorProcess) -> dict[str, Any]:
@@ -282,11 +287,18 @@ def test_an_operator_killed_mid_rollout_resumes_at_the_same_step_and_weight_and_
     time.sleep(3 * op.resync_seconds)
     assert body(admin, namespace)["status"]["rollout"]["phase"] == "Paused"
     cluster.kubectl(*annotate, f"rollout.modelyard.dev/resume={canary}/2")
+    wait_for("the resumed canary to reach 50%", lambda: body(admin, namespace)["status"]["rollout"]["weight"] == 50,
+             timeout=60, interval=0.5)
+    # Promote now, without waiting for the analysis at 50%.
+    cluster.kubectl(*annotate, f"rollout.modelyard.dev/promote={canary}")
     try:
-        wait_for("the resumed canary to be promoted", rollout_phase(admin, namespace, "Promoted"), timeout=120,
-                 interval=1)
+        promoted = wait_for("the canary to be promoted by the annotation", rollout_phase(admin, namespace, "Promoted"),
+                            timeout=60, interval=0.5)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{diagnose(cluster, admin, namespace, op)}") from None
+    assert "promoted by a person" in promoted["message"], promoted
+    wait_for("the promoted revision to serve alone", lambda: "rollout" not in body(admin, namespace)["status"],
+             timeout=60, interval=1)
     answers = load.stop()
     failed = [a for a in answers if a.status != 200]
     assert not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:5]}"
@@ -294,3 +306,17 @@ def test_an_operator_killed_mid_rollout_resumes_at_the_same_step_and_weight_and_
     # answers after the restart keep to about a fifth.
     window = [a for a in answers if killed_at <= a.at <= killed_at + 3 * op.resync_seconds]
     assert window and 0 < Counter(a.who for a in window)["v2"] < len(window) / 2, Counter(a.who for a in window)
+
+    # Abort: the next canary is rolled back by a person. The promote annotation left behind names the revision
+    # before it, so it does nothing to this one.
+    roll_to(cluster, namespace, "v1")
+    nxt = wait_for("the next canary to start", lambda: (r := body(admin, namespace)["status"].get("rollout")) and
+                   r["canary"] != canary and r, timeout=60, interval=0.5)
+    time.sleep(2 * op.resync_seconds)
+    assert body(admin, namespace)["status"]["rollout"]["phase"] != "Promoted"
+    cluster.kubectl(*annotate, f"rollout.modelyard.dev/abort={nxt['canary']}")
+    aborted = wait_for("the aborted canary to be rolled back", rollout_phase(admin, namespace, "RolledBack"),
+                       timeout=60, interval=0.5)
+    assert "aborted by a person" in aborted["message"], aborted
+    b = body(admin, namespace)
+    assert b["status"]["revisions"]["stable"]["name"] == canary and condition(b, "Ready")["status"] == "True"
