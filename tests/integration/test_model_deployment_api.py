@@ -117,9 +117,51 @@ INVALID = [
     ("spec.rollout", {"canary": {"analysis": {"custom": [{"name": "q", "query": "up"}]}}},
      "a custom check needs min, max or both"),
     ("spec.traffic", {"gateway": {"parentRefs": []}}, "spec.traffic.gateway.parentRefs"),
+    ("spec.model.uri", "s3://bucket/my model", "model.uri may not contain spaces or control characters"),
+    ("spec.model.uri", "s3://bucket/model\n", "model.uri may not contain spaces or control characters"),
+    ("spec.model.uri", "s3://bucket/a\u0007b", "model.uri may not contain spaces or control characters"),
+    ("spec.model.uri", "s3://bucket/../other", "model.uri may not contain '..' path segments"),
+    ("spec.model.uri", "pvc://claim/models/../../etc", "model.uri may not contain '..' path segments"),
+    ("spec.model.uri", "s3:///key-without-bucket", "an s3:// URI is s3://<bucket>/<key>"),
+    ("spec.model.uri", "s3://Bucket_Upper/key", "an s3:// URI is s3://<bucket>/<key>"),
+    ("spec.model.uri", "s3://ab/key", "an s3:// URI is s3://<bucket>/<key>"),
+    ("spec.model.uri", "https://ho%zzst/m.onnx", "an http(s):// model.uri must be a URL"),
+    ("spec.conversion", {"store": "pvc://store/a/../b"}, "conversion.store may not contain spaces"),
+    ("spec.serving.image", "nvcr.io/nvidia/triton server:24.10", "serving.image must be an image reference"),
+    ("spec.serving.image", "nvcr.io/nvidia/tritonserver:24.10\n", "serving.image must be an image reference"),
+    ("spec.serving.image", "nvcr.io/NVIDIA/tritonserver:24.10", "serving.image must be an image reference"),
+    ("spec.serving.image", "nvcr.io/nvidia/tritonserver:", "serving.image must be an image reference"),
+    ("spec.serving.gpuResourceName", "cpu", "serving.gpuResourceName must be an extended resource"),
+    ("spec.serving.gpuResourceName", "memory", "serving.gpuResourceName must be an extended resource"),
+    ("spec.serving.gpuResourceName", "hugepages-2Mi", "serving.gpuResourceName must be an extended resource"),
+    ("spec.serving.gpuResourceName", "kubernetes.io/gpu", "serving.gpuResourceName must be an extended resource"),
+    ("spec.serving.resources", {"limits": {"cpu": "lots"}}, "spec.serving.resources.limits.cpu"),
+    ("spec.serving.resources", {"requests": {"memory": "4 Gi"}}, "spec.serving.resources.requests.memory"),
+    ("spec.conversion", {"store": "pvc://s/x", "resources": {"limits": {"memory": "a lot"}}},
+     "spec.conversion.resources.limits.memory"),
     ("metadata.name", "m" * 41, "metadata.name must be at most 40 characters"),
     ("metadata.name", "9lives", "metadata.name must be a DNS label"),
 ]
+
+
+VALID = [
+    ("spec.model.uri", "s3://my.bucket-1/models/resnet50/"),
+    ("spec.model.uri", "s3://bucket/a/..b/c..d"),  # '..' inside a name is not a path segment
+    ("spec.serving.image", "localhost:5000/triton:1"),
+    ("spec.serving.image", "registry.example.com:8443/team/model-server:v1.2.3"),
+    ("spec.serving.image", "Registry.Example.com/team/triton@sha256:" + "0a" * 32),
+    ("spec.serving.image", "tritonserver"),
+    ("spec.serving.gpuResourceName", "nvidia.com/mig-1g.5gb"),
+    ("spec.serving.gpuResourceName", "amd.com/gpu"),
+    ("spec.serving.resources", {"requests": {"cpu": "500m", "memory": "4Gi"}, "limits": {"cpu": 2, "memory": "1e9"}}),
+]
+
+
+@pytest.mark.parametrize(("path", "value"), VALID, ids=[f"{p}={v}"[:60] for p, v in VALID])
+def test_valid_manifests_pass_the_same_rules(cluster: LocalCluster, namespace: str, path: str, value: Any) -> None:
+    manifest = _break(model_deployment("valid", namespace), path, value)
+    proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
+    assert proc.returncode == 0, proc.stderr
 
 
 @pytest.mark.parametrize(("path", "value", "message"), INVALID, ids=[f"{p}={v}"[:60] for p, v, _ in INVALID])

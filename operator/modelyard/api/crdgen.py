@@ -35,7 +35,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         rest = {k: v for k, v in node.items() if k != "anyOf"}
         types = sorted(b.get("type", "") for b in branches)
         if types == ["integer", "string"]:
+            # As controller-gen writes resource.Quantity: a string must match the string branch's pattern.
+            pattern = next((b["pattern"] for b in branches if b.get("type") == "string" and "pattern" in b), None)
             node = {**rest, "x-kubernetes-int-or-string": True}
+            if pattern is not None:
+                node = {**node, "anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": pattern}
         elif len(branches) == 1:
             node = {**branches[0], **rest}
         else:

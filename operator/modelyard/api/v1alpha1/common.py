@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -45,9 +45,17 @@ class Toleration(Spec):
     toleration_seconds: int | None = Field(default=None, description="With NoExecute: how long the pod stays bound.")
 
 
-Quantity = int | str
+QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+                    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+"""The Kubernetes quantity format (as controller-gen writes it for resource.Quantity): 500m, 2, 1.5, 4Gi, 1e3."""
+
+Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
+
+_QUANTITIES = " Values are Kubernetes quantities: 500m, 2, 4Gi."
 
 
 class ResourceRequirements(Spec):
-    requests: dict[str, Quantity] | None = Field(default=None, description="Resource requests, as on a container.")
-    limits: dict[str, Quantity] | None = Field(default=None, description="Resource limits, as on a container.")
+    requests: dict[str, Quantity] | None = Field(
+        default=None, description="Resource requests, as on a container." + _QUANTITIES)
+    limits: dict[str, Quantity] | None = Field(
+        default=None, description="Resource limits, as on a container." + _QUANTITIES)

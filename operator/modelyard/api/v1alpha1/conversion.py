@@ -105,6 +105,9 @@ class Conversion(Spec):
             "self.matches('^pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?$') || "
             "self.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')",
             "conversion.store is pvc://<claim-name>/<path> or s3://<bucket>/<prefix>",
+        ), cel(
+            "!self.matches('[[:cntrl:][:space:]]') && !self.matches('/\\\\.\\\\.(/|$)')",
+            "conversion.store may not contain spaces, control characters or '..' path segments",
         )]},
     )
     store_endpoint: str | None = Field(

@@ -100,6 +100,23 @@ class ModelSource(Spec):
                     "(lower case letters, digits and '-')",
                 ),
                 cel(
+                    "!self.uri.matches('[[:cntrl:][:space:]]')",
+                    "model.uri may not contain spaces or control characters (percent-encode them in http(s) URLs)",
+                ),
+                cel(
+                    "!self.uri.matches('^(s3|pvc)://') || !self.uri.matches('/\\\\.\\\\.(/|$)')",
+                    "model.uri may not contain '..' path segments: the path is read inside the bucket or claim",
+                ),
+                cel(
+                    "!self.uri.startsWith('s3://') || self.uri.matches('^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$')",
+                    "an s3:// URI is s3://<bucket>/<key>, and a bucket name is 3 to 63 lower case letters, digits, "
+                    "'.' and '-'",
+                ),
+                cel(
+                    "!self.uri.matches('^https?://') || isURL(self.uri)",
+                    "an http(s):// model.uri must be a URL such as https://host/path/model.onnx",
+                ),
+                cel(
                     "!self.uri.startsWith('pvc://') || !has(self.credentialsSecretRef)",
                     "model.credentialsSecretRef applies to s3:// and http(s):// sources; "
                     "a pvc:// source is read through the volume mount",
@@ -133,6 +150,21 @@ class ModelSource(Spec):
 
 # --- spec.serving ----------------------------------------------------------------------------------------------
 
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+IMAGE_REFERENCE = (
+    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*(?::[0-9]+)?/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
+"""The distribution reference grammar (github.com/distribution/reference), without IPv6 registry addresses."""
+
+
+def _cel_string(regex: str) -> str:
+    """A regular expression as a single-quoted CEL string literal."""
+    assert "'" not in regex
+    return "'" + regex.replace("\\", "\\\\") + "'"
+
+
 
 _MODEL_CONFIG_NOTE = (
     " Written into the model's config.pbtxt by the conversion stage (spec.conversion); without it, the "
@@ -157,6 +189,17 @@ class Serving(Spec):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                cel(
+                    f"self.image.matches({_cel_string(IMAGE_REFERENCE)})",
+                    "serving.image must be an image reference such as nvcr.io/nvidia/tritonserver:24.10-py3: a "
+                    "lower-case repository path, an optional :tag and @digest, no spaces",
+                ),
+                cel(
+                    "self.gpuResourceName.contains('/') && "
+                    "!self.gpuResourceName.matches('^([^/]*[.])?kubernetes[.]io/')",
+                    "serving.gpuResourceName must be an extended resource such as nvidia.com/gpu (a domain-prefixed "
+                    "name outside kubernetes.io), not a standard resource such as cpu or memory",
+                ),
                 cel(
                     "self.maxBatchSize > 0 || !self.dynamicBatching.enabled",
                     "serving.dynamicBatching needs serving.maxBatchSize > 0 "
