@@ -7,7 +7,7 @@ import sys
 
 import kopf
 
-import modelyard.handlers.model_deployment  # noqa: F401  (registers the handlers)
+import modelyard.handlers.model_deployment  # registers the handlers; watch_namespaces is called below
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf's liveness endpoint")
     args = parser.parse_args(argv)
     kopf.configure(verbose=args.verbose)
+    modelyard.handlers.model_deployment.watch_namespaces(args.namespace)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,

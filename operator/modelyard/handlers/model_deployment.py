@@ -145,8 +145,13 @@ async def _resync_forever(interval: float) -> None:
             log.exception("resync failed; trying again in %ss", interval)
 
 
+def watch_namespaces(namespaces: list[str]) -> None:
+    """The namespaces given on the command line (none: all). The resync lists only these, as kopf watches only them."""
+    _state["namespaces"] = list(namespaces)
+
+
 def _list_all() -> list[dict[str, Any]]:
-    return _kube().list_all_namespaces(MODEL_DEPLOYMENTS)
+    return _kube().list_in(MODEL_DEPLOYMENTS, _state.get("namespaces", []))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -113,6 +113,13 @@ class Kube:
         base = f"/apis/{res.group}/{res.version}" if res.group else f"/api/{res.version}"
         return _items(self._call("GET", f"{base}/{res.plural}"))
 
+    def list_in(self, res: Resource, namespaces: list[str]) -> list[Obj]:
+        """Every object of `res` in these namespaces (one request each), or in all namespaces when none are given:
+        an operator told to watch some namespaces never reads the others."""
+        if not namespaces:
+            return self.list_all_namespaces(res)
+        return [item for ns in namespaces for item in _items(self._call("GET", res.path(ns)))]
+
     def apply(self, obj: Obj, subresource: str | None = None) -> Obj:
         """Server-side apply with this operator's field manager, taking ownership of conflicting fields."""
         res = resource_of(obj) if subresource is None else MODEL_DEPLOYMENTS
