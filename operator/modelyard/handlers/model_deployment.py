@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import Any
 
 import kopf
+import urllib3
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
@@ -43,12 +44,44 @@ def _kube() -> Kube:
     return kube
 
 
+RETRY_FIRST, RETRY_MAX = 0.5, 30.0
+"""A failed reconcile is tried again after 0.5 s, then 1, 2, 4 ... up to 30 s, until one succeeds."""
+_failures: dict[tuple[str, str], int] = {}
+UNREACHABLE = (urllib3.exceptions.HTTPError, OSError)
+"""The API server could not be reached (refused, reset, timed out): not a bug, one log line, and a retry."""
+
+
 def reconcile_key(namespace: str, name: str) -> None:
-    """Reconcile one ModelDeployment, one reconcile at a time per object.
+    """Reconcile one ModelDeployment, one reconcile at a time per object; a failure is retried with back-off.
 
     The body is read afresh under the lock: the copy a watch event carries may predate the status the previous
     reconcile wrote, and reconciling from it would repeat that write and its events.
     """
+    key = (namespace, name)
+    try:
+        _reconcile(namespace, name)
+    except ApiException as exc:  # conflicts, 5xx, throttling
+        RECONCILE_ERRORS.labels(kind=f"api_{exc.status}").inc()
+        delay = _retry_later(key)
+        log.warning("reconcile of %s/%s failed (%s %s: %s); retrying in %.1fs", namespace, name, exc.status,
+                    exc.reason, (exc.body or "")[:500], delay)
+    except UNREACHABLE as exc:
+        RECONCILE_ERRORS.labels(kind="unreachable").inc()
+        delay = _retry_later(key)
+        log.warning("reconcile of %s/%s could not reach the API server (%s); retrying in %.1fs", namespace, name,
+                    str(exc)[:300], delay)
+    else:
+        _failures.pop(key, None)
+
+
+def _retry_later(key: tuple[str, str]) -> float:
+    failures = _failures[key] = _failures.get(key, 0) + 1
+    delay: float = min(RETRY_FIRST * 2.0 ** (failures - 1), RETRY_MAX)
+    _requeue(*key, delay)
+    return delay
+
+
+def _reconcile(namespace: str, name: str) -> None:
     with _locks[(namespace, name)], RECONCILE_SECONDS.time():
         body = _kube().get(MODEL_DEPLOYMENTS, namespace, name)
         if body is None or body.get("metadata", {}).get("deletionTimestamp"):
@@ -61,15 +94,8 @@ def reconcile_key(namespace: str, name: str) -> None:
             report_invalid_spec(_kube(), body, f"the spec does not parse: {exc.errors(include_url=False)}"[:2000])
             return
         own: Settings = _state["settings"]
-        try:
-            outcome = reconcile_model_deployment(_kube(), md, converter_image=own.converter_image,
-                                                 analyst=_state.get("analyst"), drain_seconds=own.drain_seconds)
-        except ApiException as exc:
-            # Conflicts, 5xx, throttling: the next event or resync tries again.
-            RECONCILE_ERRORS.labels(kind=f"api_{exc.status}").inc()
-            log.warning("reconcile of %s/%s failed (%s %s: %s); retrying on the next event or resync",
-                        namespace, name, exc.status, exc.reason, (exc.body or "")[:500])
-            return
+        outcome = reconcile_model_deployment(_kube(), md, converter_image=own.converter_image,
+                                             analyst=_state.get("analyst"), drain_seconds=own.drain_seconds)
         if outcome.rollout_event:
             ROLLOUT_EVENTS.labels(reason=outcome.rollout_event).inc()
         if outcome.requeue_after is not None:
@@ -141,6 +167,8 @@ async def _resync_forever(interval: float) -> None:
             items = await loop.run_in_executor(None, _list_all)
             for meta in (item["metadata"] for item in items):
                 await loop.run_in_executor(None, reconcile_key, meta["namespace"], meta["name"])
+        except (ApiException, *UNREACHABLE) as exc:
+            log.warning("resync could not list the models (%s); trying again in %ss", str(exc)[:300], interval)
         except Exception:  # the loop must outlive any single failure
             log.exception("resync failed; trying again in %ss", interval)
 
