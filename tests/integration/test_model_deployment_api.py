@@ -382,3 +382,18 @@ def test_traffic_through_a_gateway_blue_green_and_its_removal(
     assert "httpRoute" not in (admin.get(MODEL_DEPLOYMENTS, namespace, "routed") or {})["status"]
     mark = len(cluster.audit_events())
     assert reconcile(admin, operator_kube, namespace, "routed").writes == 0, operator_writes(cluster, mark)
+
+
+def test_a_child_the_api_server_refuses_for_its_shape_is_apply_rejected(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    """serving.affinity is passed through as given; a misspelt key in it makes server-side apply answer 500
+    ("field not declared in schema"), which no retry heals: Ready=False, ApplyRejected, with the server's words."""
+    apply(cluster, model_deployment("misspelt", namespace, affinity={"nodeAffinity": {
+        "requiredDuringScheduling": {"nodeSelectorTerms": []}}}))
+    outcome = reconcile(admin, operator_kube, namespace, "misspelt")
+    assert not outcome.ready
+    cond = ready_condition(admin.get(MODEL_DEPLOYMENTS, namespace, "misspelt") or {})
+    assert cond is not None and (cond["status"], cond["reason"]) == ("False", "ApplyRejected"), cond
+    assert "requiredDuringScheduling" in cond["message"], cond
+    assert admin.list_by_labels(DEPLOYMENTS, namespace, {"modelyard.dev/deployment": "misspelt"}) == []

@@ -89,6 +89,17 @@ def _namespace_terminating(exc: ApiException) -> bool:
     return exc.status == 403 and "NamespaceTerminating" in (exc.body or "")
 
 
+_PERMANENT_500 = ("failed to create typed patch object", "cannot unmarshal", "field not declared in schema")
+"""A 500 with one of these is server-side apply refusing the object's shape: retrying cannot heal it."""
+
+
+def _refused(exc: ApiException) -> bool:
+    """The API server refused a child for what it is (retrying will not help), not for a passing condition."""
+    if 400 <= exc.status < 500:
+        return exc.status not in (404, 409, 429)
+    return exc.status == 500 and any(text in (exc.body or "") for text in _PERMANENT_500)
+
+
 def _apply_rejected(exc: ApiException) -> _Stop:
     return _Stop(Reason.APPLY_REJECTED, f"the API server rejected a child object: {exc.status} {exc.reason}: "
                  f"{(exc.body or '')[:800]}")
@@ -353,7 +364,7 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, ctx: _Context
     except ApiException as exc:
         if _namespace_terminating(exc):
             raise _NamespaceTerminating() from exc
-        if 400 <= exc.status < 500 and exc.status not in (404, 409, 429):
+        if _refused(exc):
             raise _apply_rejected(exc) from exc
         raise
 
