@@ -108,3 +108,21 @@ def test_converted_validated_then_ready_and_a_bad_model_leaves_the_serving_revis
     assert {c["type"] for c in body["status"]["conditions"]} == {"Ready"}
     reconcile(admin, operator_kube, namespace, "conv")
     assert admin.list_by_labels(JOBS, namespace, {"modelyard.dev/deployment": "conv"}) == []
+
+
+def test_a_converter_pod_that_cannot_be_scheduled_is_reported_at_once(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    """No PVC `model-store` in this namespace: the scheduler cannot place the converter pod, and the conditions
+    say so with the scheduler's words, not "running the converter" until the Job's deadline."""
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(converting("nopvc", namespace, "cnn.pt")))
+
+    def unschedulable() -> dict[str, Any] | None:
+        reconcile(admin, operator_kube, namespace, "nopvc")
+        cond = ready_condition(admin.get(MODEL_DEPLOYMENTS, namespace, "nopvc") or {})
+        return cond if cond and cond["reason"] == "Unschedulable" else None
+
+    cond = wait_for("Ready=False with reason Unschedulable", unschedulable, timeout=60, interval=1)
+    assert cond["status"] == "False" and "model-store" in cond["message"] and "converter pod" in cond["message"], cond
+    converted = condition(admin.get(MODEL_DEPLOYMENTS, namespace, "nopvc") or {}, "Converted")
+    assert (converted["status"], converted["reason"]) == ("Unknown", "Unschedulable"), converted

@@ -101,3 +101,20 @@ def test_an_exited_container_is_reported_with_its_exit_code_and_last_words() -> 
     assert "restarted (1 restarts) after it exited with code 137 (Error)" in state.message
     pod["status"]["containerStatuses"][0]["ready"] = True  # type: ignore[index]
     assert observe_revision("r", deployment(0), [pod], 1).reason == "Progressing"
+
+
+def test_a_converter_pod_that_cannot_run_says_why_at_once() -> None:
+    from modelyard.status.conversion import observe_conversion
+
+    job = {"metadata": {"name": "m-r-convert"}, "status": {"active": 1}}
+    unschedulable = {"status": {"phase": "Pending", "conditions": [{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": '0/4 nodes are available: persistentvolumeclaim "model-store" not found.'}]}}
+    state = observe_conversion(job, [unschedulable])
+    assert (state.done, state.failed, state.reason) == (False, False, "Unschedulable")
+    assert 'persistentvolumeclaim "model-store" not found' in state.message and "m-r-convert" in state.message
+    pulling = {"status": {"containerStatuses": [{"name": "converter", "state": {"waiting": {
+        "reason": "ErrImagePull", "message": "pull access denied"}}}]}}
+    assert observe_conversion(job, [pulling]).reason == "ErrImagePull"
+    running = {"status": {"containerStatuses": [{"name": "converter", "state": {"running": {}}}]}}
+    assert observe_conversion(job, [running]).reason == "Converting"

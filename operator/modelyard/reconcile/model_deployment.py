@@ -237,8 +237,8 @@ def _conversion_conditions(
     if conv.done and conv.result is not None:
         conditions = put(conditions, ConditionType.CONVERTED, True, Reason.CONVERTED, describe_artifact(conv.result))
         return put(conditions, ConditionType.VALIDATED, True, Reason.VALIDATED, describe_validation(conv.result))
-    if not conv.failed:
-        conditions = put(conditions, ConditionType.CONVERTED, "Unknown", Reason.CONVERTING, conv.message)
+    if not conv.failed:  # converting, or its pod is not running yet (Unschedulable, ImagePullBackOff, ...)
+        conditions = put(conditions, ConditionType.CONVERTED, "Unknown", conv.reason, conv.message)
         return put(conditions, ConditionType.VALIDATED, "Unknown", Reason.CONVERTING, "waiting for the conversion")
     if conv.reason == Reason.VALIDATION_FAILED:
         conditions = put(conditions, ConditionType.CONVERTED, True, Reason.CONVERTED, "converted; not served")

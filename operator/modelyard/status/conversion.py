@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard.api.conditions import Reason
+from modelyard.status.revision import pending_problem
 
 Obj = dict[str, Any]
 
@@ -80,6 +81,9 @@ def observe_conversion(job: Obj | None, pods: list[Obj]) -> ConversionState:
     if _job_condition(job, "Complete"):
         return ConversionState(False, True, Reason.CONVERSION_FAILED,
                                f"Job {name} completed but its pod left no result in its termination message")
+    pending = pending_problem(pods)
+    if pending:  # not failed (capacity or the image may come), but not running either: say why, at once
+        return ConversionState(False, False, pending[0], f"Job {name}: the converter pod is not running: {pending[1]}")
     return ConversionState(False, False, Reason.CONVERTING, f"Job {name} is running the converter")
 
 

@@ -25,8 +25,9 @@ def _deployment_condition(deployment: Obj, type_: str) -> Obj | None:
     return next((c for c in conditions if c.get("type") == type_), None)
 
 
-def _pod_problem(pods: list[Obj]) -> tuple[str, str] | None:
-    """The first reason a pod of the revision is not running: unschedulable, or a container stuck waiting."""
+def pending_problem(pods: list[Obj]) -> tuple[str, str] | None:
+    """Why a pod is not running yet: the scheduler found no node, or a container is stuck waiting (image pull,
+    configuration). The scheduler's or the container's own words."""
     for pod in pods:
         for cond in pod.get("status", {}).get("conditions", []):
             if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == (
@@ -42,6 +43,14 @@ def _pod_problem(pods: list[Obj]) -> tuple[str, str] | None:
             if waiting.get("reason") in WAITING_REASONS:
                 detail = waiting.get("message") or waiting["reason"]
                 return waiting["reason"], f"container {cs.get('name')}: {detail}"
+    return None
+
+
+def _pod_problem(pods: list[Obj]) -> tuple[str, str] | None:
+    """The first reason a pod of the revision is not running: pending (above), or a container that exited."""
+    pending = pending_problem(pods)
+    if pending:
+        return pending
     for pod in pods:
         for cs in pod.get("status", {}).get("containerStatuses", []):
             if cs.get("ready"):
