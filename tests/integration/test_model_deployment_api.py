@@ -397,3 +397,30 @@ def test_a_child_the_api_server_refuses_for_its_shape_is_apply_rejected(
     assert cond is not None and (cond["status"], cond["reason"]) == ("False", "ApplyRejected"), cond
     assert "requiredDuringScheduling" in cond["message"], cond
     assert admin.list_by_labels(DEPLOYMENTS, namespace, {"modelyard.dev/deployment": "misspelt"}) == []
+
+
+def test_a_missing_or_incomplete_credentials_secret_is_reported_with_its_name_and_keys_never_its_values(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    manifest = model_deployment("creds", namespace)
+    manifest["spec"]["model"]["credentialsSecretRef"] = {"name": "store-creds"}
+    apply(cluster, manifest)
+    assert not reconcile(admin, operator_kube, namespace, "creds").ready
+    cond = ready_condition(admin.get(MODEL_DEPLOYMENTS, namespace, "creds") or {})
+    assert cond is not None and (cond["status"], cond["reason"]) == ("False", "SecretNotFound"), cond
+    assert f"Secret {namespace}/store-creds" in cond["message"] and "model.credentialsSecretRef" in cond["message"]
+    assert admin.list_by_labels(DEPLOYMENTS, namespace, {"modelyard.dev/deployment": "creds"}) == []
+
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "store-creds", "namespace": namespace},
+              "stringData": {"AWS_ACCESS_KEY_ID": "AKIA-not-a-secret-value"}}
+    apply(cluster, secret)
+    reconcile(admin, operator_kube, namespace, "creds")
+    cond = ready_condition(admin.get(MODEL_DEPLOYMENTS, namespace, "creds") or {})
+    assert cond is not None and cond["reason"] == "SecretIncomplete", cond
+    assert "AWS_SECRET_ACCESS_KEY" in cond["message"] and "AKIA-not-a-secret-value" not in cond["message"], cond
+    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert "SecretNotFound" in events and "SecretIncomplete" in events and "AKIA-not-a-secret-value" not in events
+
+    secret["stringData"]["AWS_SECRET_ACCESS_KEY"] = "also-not-a-secret"
+    apply(cluster, secret)
+    reconcile_until_ready(admin, operator_kube, namespace, "creds")

@@ -41,6 +41,8 @@ class Reason(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     APPLY_REJECTED = "ApplyRejected"
     NAME_CONFLICT = "NameConflict"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_INCOMPLETE = "SecretIncomplete"
     # The conversion stage
     CONVERTING = "Converting"
     CONVERTED = "Converted"

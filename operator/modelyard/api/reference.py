@@ -29,6 +29,10 @@ REASONS: dict[Reason, str] = {
     Reason.INVALID_SPEC: "The spec passed the CRD schema but not the operator's own model (an operator/CRD "
     "version mismatch).",
     Reason.APPLY_REJECTED: "The API server refused a child object; the message quotes it.",
+    Reason.SECRET_NOT_FOUND: "A Secret the spec names (model.credentialsSecretRef, "
+    "conversion.storeCredentialsSecretRef) does not exist; nothing of the revision is created until it does.",
+    Reason.SECRET_INCOMPLETE: "A Secret the spec names lacks keys its use needs (for s3: AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY); the message names the missing keys, never a value.",
     Reason.NAME_CONFLICT: "A Service with the model's name exists and belongs to something else.",
     Reason.CONVERTING: "The latest revision's conversion Job is running; the serving revision keeps serving.",
     Reason.CONVERTED: "Converted=True: the artifact, its size and digest are in the message.",

@@ -43,6 +43,7 @@ SERVICES = Resource("", "v1", "services")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("events.k8s.io", "v1", "events")
 JOBS = Resource("batch", "v1", "jobs")
+SECRETS = Resource("", "v1", "secrets")
 HTTP_ROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes")
 MODEL_DEPLOYMENTS = Resource(GROUP, VERSION, PLURAL)
 

@@ -48,6 +48,7 @@ from modelyard.reconcile.common import Writer as _Writer
 from modelyard.reconcile.common import owned_by as _owned_by
 from modelyard.reconcile.common import owned_children
 from modelyard.reconcile.rollout import Analyst, observe_canary
+from modelyard.reconcile.secrets import check_secrets
 from modelyard.reconcile.traffic import reconcile_traffic
 from modelyard.render.conversion import render_conversion_job
 from modelyard.render.triton import UnservableSource, render_service, render_triton_deployment
@@ -316,6 +317,7 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, ctx: _Context
             "delete or rename it so the operator can create the model's Service",
         )
     selected = (service or {}).get("spec", {}).get("selector", {}).get(LABEL_REVISION)
+    check_secrets(kube, md)
     repositories = _recorded_repositories(md)
     conversion: ConversionState | None = None
     canary_mode = md.spec.rollout is not None and md.spec.rollout.strategy == "canary" and md.spec.traffic is not None
