@@ -103,6 +103,13 @@ INVALID = [
      "every serving.dynamicBatching.preferredBatchSizes entry must be at most serving.maxBatchSize"),
     ("spec.serving.resources", {"limits": {"nvidia.com/gpu": "1"}}, "ask for GPUs with serving.gpus"),
     ("spec.serving.gpus", 17, "should be less than or equal to 16"),
+    ("spec.serving.affinity", {"nodeAffinity": {"requiredDuringScheduling": {"nodeSelectorTerms": []}}},
+     'unknown field "spec.serving.affinity.nodeAffinity.requiredDuringScheduling"'),
+    ("spec.serving.affinity", {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "x"}}}]}}, "topologyKey: Required value"),
+    ("spec.serving.affinity", {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "Near"}]}]}}},
+     'Unsupported value: "Near"'),
     ("spec.rollout", {"strategy": "canary"}, "rollout.strategy canary needs traffic.gateway"),
     ("spec.rollout", {"strategy": "rolling"}, 'Unsupported value: "rolling"'),
     ("spec.rollout", {"canary": {"steps": [{"setWeight": 10, "pause": {}}]}},
@@ -153,6 +160,9 @@ VALID = [
     ("spec.serving.image", "tritonserver"),
     ("spec.serving.gpuResourceName", "nvidia.com/mig-1g.5gb"),
     ("spec.serving.gpuResourceName", "amd.com/gpu"),
+    ("spec.serving.affinity", {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 50, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "triton"}},
+                                           "topologyKey": "kubernetes.io/hostname"}}]}}),
     ("spec.serving.resources", {"requests": {"cpu": "500m", "memory": "4Gi"}, "limits": {"cpu": 2, "memory": "1e9"}}),
 ]
 
@@ -384,19 +394,18 @@ def test_traffic_through_a_gateway_blue_green_and_its_removal(
     assert reconcile(admin, operator_kube, namespace, "routed").writes == 0, operator_writes(cluster, mark)
 
 
-def test_a_child_the_api_server_refuses_for_its_shape_is_apply_rejected(
+def test_a_child_the_api_server_refuses_is_apply_rejected_with_its_words(
     cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
 ) -> None:
-    """serving.affinity is passed through as given; a misspelt key in it makes server-side apply answer 500
-    ("field not declared in schema"), which no retry heals: Ready=False, ApplyRejected, with the server's words."""
-    apply(cluster, model_deployment("misspelt", namespace, affinity={"nodeAffinity": {
-        "requiredDuringScheduling": {"nodeSelectorTerms": []}}}))
-    outcome = reconcile(admin, operator_kube, namespace, "misspelt")
+    """A nodeSelector key the CRD lets through (any string) but a Deployment may not carry: the API server answers
+    422, which no retry heals: Ready=False, ApplyRejected, quoting the server; no child is left half made."""
+    apply(cluster, model_deployment("refused", namespace, nodeSelector={"bad key!": "x"}))
+    outcome = reconcile(admin, operator_kube, namespace, "refused")
     assert not outcome.ready
-    cond = ready_condition(admin.get(MODEL_DEPLOYMENTS, namespace, "misspelt") or {})
+    cond = ready_condition(admin.get(MODEL_DEPLOYMENTS, namespace, "refused") or {})
     assert cond is not None and (cond["status"], cond["reason"]) == ("False", "ApplyRejected"), cond
-    assert "requiredDuringScheduling" in cond["message"], cond
-    assert admin.list_by_labels(DEPLOYMENTS, namespace, {"modelyard.dev/deployment": "misspelt"}) == []
+    assert "422" in cond["message"] and "bad key!" in cond["message"], cond
+    assert admin.list_by_labels(DEPLOYMENTS, namespace, {"modelyard.dev/deployment": "refused"}) == []
 
 
 def test_a_missing_or_incomplete_credentials_secret_is_reported_with_its_name_and_keys_never_its_values(

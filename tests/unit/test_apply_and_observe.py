@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from modelyard.kube.apply import contains, needs_apply, with_config_hash
 from modelyard.status.revision import observe_revision
 
@@ -118,3 +120,25 @@ def test_a_converter_pod_that_cannot_run_says_why_at_once() -> None:
     assert observe_conversion(job, [pulling]).reason == "ErrImagePull"
     running = {"status": {"containerStatuses": [{"name": "converter", "state": {"running": {}}}]}}
     assert observe_conversion(job, [running]).reason == "Converting"
+
+
+@pytest.mark.parametrize(("status", "body", "refused"), [
+    (422, "Deployment.apps is invalid", True),
+    (400, "bad request", True),
+    (403, "forbidden", True),
+    (404, "not found", False),
+    (409, "conflict", False),
+    (429, "too many requests", False),
+    (500, "failed to create typed patch object (...): .spec.template.spec.affinity.x: field not declared in schema",
+     True),
+    (500, "etcdserver: request timed out", False),
+    (503, "the server is currently unable to handle the request", False),
+])
+def test_which_refusals_no_retry_heals(status: int, body: str, refused: bool) -> None:
+    from kubernetes.client import ApiException
+
+    from modelyard.reconcile.model_deployment import _refused
+
+    exc = ApiException(status=status, reason="x")
+    exc.body = body
+    assert _refused(exc) is refused

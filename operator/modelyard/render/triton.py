@@ -189,7 +189,7 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
     if serving.tolerations:
         pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in serving.tolerations]
     if serving.affinity:
-        pod_spec["affinity"] = serving.affinity
+        pod_spec["affinity"] = serving.affinity.model_dump(by_alias=True, exclude_none=True)
 
     return {
         "apiVersion": "apps/v1",

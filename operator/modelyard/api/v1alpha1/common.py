@@ -59,3 +59,78 @@ class ResourceRequirements(Spec):
         default=None, description="Resource requests, as on a container." + _QUANTITIES)
     limits: dict[str, Quantity] | None = Field(
         default=None, description="Resource limits, as on a container." + _QUANTITIES)
+
+
+# --- affinity, typed as core/v1 types it (so a misspelt key is refused at kubectl apply, not by a child) --------
+
+_OPERATOR_NODE = Literal["In", "NotIn", "Exists", "DoesNotExist", "Gt", "Lt"]
+_OPERATOR_LABEL = Literal["In", "NotIn", "Exists", "DoesNotExist"]
+
+
+class NodeSelectorRequirement(Spec):
+    key: str = Field(description="The label key the selector applies to.", min_length=1, max_length=317)
+    operator: _OPERATOR_NODE = Field(description="In, NotIn, Exists, DoesNotExist, Gt or Lt.")
+    values: list[str] | None = Field(default=None, description="Values for In/NotIn (Gt/Lt: one integer).")
+
+
+class NodeSelectorTerm(Spec):
+    match_expressions: list[NodeSelectorRequirement] | None = Field(
+        default=None, description="Requirements on node labels.")
+    match_fields: list[NodeSelectorRequirement] | None = Field(
+        default=None, description="Requirements on node fields (metadata.name).")
+
+
+class NodeSelector(Spec):
+    node_selector_terms: list[NodeSelectorTerm] = Field(description="Terms, ORed.")
+
+
+class PreferredSchedulingTerm(Spec):
+    weight: int = Field(ge=1, le=100, description="Weight of this preference, 1-100.")
+    preference: NodeSelectorTerm = Field(description="The node selector term.")
+
+
+class NodeAffinity(Spec):
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = Field(
+        default=None, description="Nodes the pods must run on.")
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] | None = Field(
+        default=None, description="Nodes the pods prefer.")
+
+
+class LabelSelectorRequirement(Spec):
+    key: str = Field(description="The label key.", min_length=1, max_length=317)
+    operator: _OPERATOR_LABEL = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[str] | None = Field(default=None, description="Values for In/NotIn.")
+
+
+class LabelSelector(Spec):
+    match_labels: dict[str, str] | None = Field(default=None, description="Labels that must all match.")
+    match_expressions: list[LabelSelectorRequirement] | None = Field(default=None, description="Requirements, ANDed.")
+
+
+class PodAffinityTerm(Spec):
+    label_selector: LabelSelector | None = Field(default=None, description="The pods this term is about.")
+    namespaces: list[str] | None = Field(default=None, description="Namespaces of those pods (default: this one).")
+    namespace_selector: LabelSelector | None = Field(default=None, description="Namespaces of those pods, by label.")
+    topology_key: str = Field(min_length=1, max_length=317,
+                              description="Node label whose value defines 'together' (kubernetes.io/hostname, ...).")
+    match_label_keys: list[str] | None = Field(default=None, description="Pod label keys merged into the selector.")
+    mismatch_label_keys: list[str] | None = Field(
+        default=None, description="Pod label keys merged into the selector, negated.")
+
+
+class WeightedPodAffinityTerm(Spec):
+    weight: int = Field(ge=1, le=100, description="Weight of this preference, 1-100.")
+    pod_affinity_term: PodAffinityTerm = Field(description="The term.")
+
+
+class PodAffinity(Spec):
+    required_during_scheduling_ignored_during_execution: list[PodAffinityTerm] | None = Field(
+        default=None, description="Terms the pods must satisfy.")
+    preferred_during_scheduling_ignored_during_execution: list[WeightedPodAffinityTerm] | None = Field(
+        default=None, description="Terms the pods prefer.")
+
+
+class Affinity(Spec):
+    node_affinity: NodeAffinity | None = Field(default=None, description="Which nodes, by their labels.")
+    pod_affinity: PodAffinity | None = Field(default=None, description="Near which pods.")
+    pod_anti_affinity: PodAffinity | None = Field(default=None, description="Away from which pods.")

@@ -13,7 +13,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.api.conditions import Condition
-from modelyard.api.v1alpha1.common import Observed, ResourceRequirements, SecretReference, Spec, Toleration, cel
+from modelyard.api.v1alpha1.common import (
+    Affinity,
+    Observed,
+    ResourceRequirements,
+    SecretReference,
+    Spec,
+    Toleration,
+    cel,
+)
 from modelyard.api.v1alpha1.conversion import Conversion
 from modelyard.api.v1alpha1.rollout import Rollout, RolloutStatus, Traffic
 
@@ -256,10 +264,9 @@ class Serving(Spec):
     tolerations: list[Toleration] | None = Field(
         default=None, description="Tolerations for the Triton pods, for example of a GPU node taint.", max_length=64
     )
-    affinity: dict[str, Any] | None = Field(
+    affinity: Affinity | None = Field(
         default=None,
-        description="Pod affinity, as on a Pod (nodeAffinity, podAffinity, podAntiAffinity); passed through as given.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="Pod affinity, as on a Pod (nodeAffinity, podAffinity, podAntiAffinity), typed as core/v1 has it.",
     )
 
 
