@@ -40,6 +40,7 @@ class Reason(StrEnum):
     SOURCE_UNSUPPORTED = "SourceUnsupported"
     INVALID_SPEC = "InvalidSpec"
     APPLY_REJECTED = "ApplyRejected"
+    RECONCILE_FAILED = "ReconcileFailed"
     NAME_CONFLICT = "NameConflict"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_INCOMPLETE = "SecretIncomplete"

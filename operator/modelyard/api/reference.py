@@ -33,6 +33,8 @@ REASONS: dict[Reason, str] = {
     "conversion.storeCredentialsSecretRef) does not exist; nothing of the revision is created until it does.",
     Reason.SECRET_INCOMPLETE: "A Secret the spec names lacks keys its use needs (for s3: AWS_ACCESS_KEY_ID and "
     "AWS_SECRET_ACCESS_KEY); the message names the missing keys, never a value.",
+    Reason.RECONCILE_FAILED: "The operator failed on this object in a way it did not foresee (a bug: please "
+    "report it with the message); it tries again with back-off.",
     Reason.NAME_CONFLICT: "A Service with the model's name exists and belongs to something else.",
     Reason.CONVERTING: "The latest revision's conversion Job is running; the serving revision keeps serving.",
     Reason.CONVERTED: "Converted=True: the artifact, its size and digest are in the message.",

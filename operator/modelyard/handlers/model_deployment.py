@@ -20,6 +20,7 @@ import urllib3
 from kubernetes.client import ApiException
 from pydantic import ValidationError
 
+from modelyard.api.conditions import Reason
 from modelyard.api.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from modelyard.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment
 from modelyard.api.v1alpha1.rollout import Analysis, Measurement
@@ -70,8 +71,23 @@ def reconcile_key(namespace: str, name: str) -> None:
         delay = _retry_later(key)
         log.warning("reconcile of %s/%s could not reach the API server (%s); retrying in %.1fs", namespace, name,
                     str(exc)[:300], delay)
+    except Exception as exc:  # a bug: still, the object gets a status that says so, and a retry
+        RECONCILE_ERRORS.labels(kind="internal").inc()
+        delay = _retry_later(key)
+        log.exception("reconcile of %s/%s failed unexpectedly; retrying in %.1fs", namespace, name, delay)
+        _report_failure(namespace, name, exc)
     else:
         _failures.pop(key, None)
+
+
+def _report_failure(namespace: str, name: str, exc: Exception) -> None:
+    try:
+        body = _kube().get(MODEL_DEPLOYMENTS, namespace, name)
+        if body is not None:
+            report_invalid_spec(_kube(), body, f"the operator failed on this object: {type(exc).__name__}: {exc}"
+                                [:2000], reason=Reason.RECONCILE_FAILED)
+    except (ApiException, *UNREACHABLE) as again:
+        log.warning("could not report the failure on %s/%s: %s", namespace, name, str(again)[:300])
 
 
 def _retry_later(key: tuple[str, str]) -> float:

@@ -448,15 +448,17 @@ def _write_status(
     return writes
 
 
-def report_invalid_spec(kube: Kube, body: Obj, message: str, clock: Clock = utc_now) -> int:
-    """A body that passed the CRD schema but not the models: say so on the Ready condition."""
+def report_invalid_spec(kube: Kube, body: Obj, message: str, clock: Clock = utc_now,
+                        reason: str = Reason.INVALID_SPEC) -> int:
+    """A body that passed the CRD schema but not the models (or that the operator failed on): say so on the Ready
+    condition, so that no accepted object is left without a status."""
     meta = body.get("metadata", {})
     try:
         current = ModelDeploymentStatus.model_validate(body.get("status") or {})
     except ValueError:
         current = ModelDeploymentStatus()
     conditions = set_condition(
-        current.conditions, ConditionType.READY, False, Reason.INVALID_SPEC, message, meta.get("generation"), clock
+        current.conditions, ConditionType.READY, False, reason, message, meta.get("generation"), clock
     )
     status = current.model_copy(update={"observed_generation": meta.get("generation"), "conditions": conditions})
     if status == current:
