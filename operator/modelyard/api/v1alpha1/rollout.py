@@ -117,19 +117,32 @@ class Rollout(Spec):
                            json_schema_extra={"default": _defaults(Canary)})
 
 
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""Gateway API's Hostname: a DNS name, lower case, optionally with one leading '*.' label."""
+
+
 class ParentReference(Spec):
-    name: str = Field(min_length=1, max_length=253, description="The Gateway's name.")
-    namespace: str | None = Field(default=None, max_length=63,
+    name: str = Field(min_length=1, max_length=253, pattern=_DNS_SUBDOMAIN, description="The Gateway's name.")
+    namespace: str | None = Field(default=None, max_length=63, pattern=_DNS_LABEL,
                                   description="The Gateway's namespace; the ModelDeployment's when empty.")
-    section_name: str | None = Field(default=None, max_length=253, description="One listener of the Gateway.")
+    section_name: str | None = Field(default=None, max_length=253, pattern=_DNS_SUBDOMAIN,
+                                     description="One listener of the Gateway.")
 
 
 class GatewayTraffic(Spec):
     parent_refs: list[ParentReference] = Field(min_length=1, max_length=32,
                                                description="The Gateway(s) the model's HTTPRoute attaches to.")
-    hostnames: list[str] | None = Field(default=None, max_length=16, description="Hostnames the route serves.")
-    path_prefix: str = Field(default="/", pattern="^/", max_length=1024,
-                             description="The path prefix the route matches (Triton's /v2/... lies below it).")
+    hostnames: list[Annotated[str, Field(min_length=1, max_length=253, pattern=HOSTNAME)]] | None = Field(
+        default=None, max_length=16, description="Hostnames the route serves (DNS names; '*.' allowed first).")
+    path_prefix: str = Field(
+        default="/", pattern="^/", max_length=1024,
+        description="The path prefix the route matches (Triton's /v2/... lies below it).",
+        json_schema_extra={"x-kubernetes-validations": [cel(
+            "!self.matches('(//|/[.][.]?(/|$)|%2[fF]|%5[cC]|#|[[:space:][:cntrl:]])')",
+            "traffic.gateway.pathPrefix may not contain '//', '.' or '..' segments, encoded slashes, '#', spaces or "
+            "control characters (as the Gateway API refuses)")]})
 
 
 class Traffic(Spec):
