@@ -262,6 +262,7 @@ class LocalCluster:
     port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
+    _commands: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
 
     # paths
     @property
@@ -536,9 +537,23 @@ class LocalCluster:
                     out.append(f"--- {pod_dir}/{path.name}\n{path.read_text(errors='replace')[-chars:]}")
         return "\n".join(out) or "(no container logs)"
 
+    def restart(self, name: str, down_seconds: float = 0) -> float:
+        """kill -9 one control-plane process (etcd, kube-apiserver, ...), leave it down for `down_seconds`, start
+        it again with the same command line and data; returns time.monotonic() when it answers again (for
+        kube-apiserver: /readyz; for etcd: the API server's /readyz, which needs it)."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        time.sleep(down_seconds)
+        argv, env = self._commands[name]
+        self._spawn(name, argv, env)
+        self._wait_ready()
+        return time.monotonic()
+
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.workdir / "logs" / f"{name}.log", "wb")  # noqa: SIM115 (closed in stop())
+        log = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 (closed in stop())
         self._logs.append(log)
+        self._commands[name] = (argv, env)
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                             env=env)
 
