@@ -132,3 +132,17 @@ def test_resync_of_an_unchanged_model_makes_zero_writes(
     body = admin.get(MODEL_DEPLOYMENTS, namespace, "quiet")
     assert body is not None and not body["metadata"].get("finalizers")
     assert not any(k.startswith("kopf.") for k in body["metadata"].get("annotations", {}))
+
+
+def test_the_examples_apply_into_any_namespace_and_become_ready(
+    cluster: LocalCluster, operator_process: OperatorProcess, namespace: str
+) -> None:
+    """`kubectl apply -n <ns> -f examples/`: no example pins a namespace, and each one is served (on kwok)."""
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    cluster.kubectl("apply", "-n", namespace, "-f", str(examples))
+    names = json.loads(cluster.kubectl("get", "mdep", "-n", namespace, "-o", "json").stdout)["items"]
+    assert len(names) >= 2, names
+    for item in names:
+        wait_ready(cluster, namespace, item["metadata"]["name"])
