@@ -71,6 +71,12 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         out["additionalProperties"] = structural(additional, defs)
     if "enum" in out and "type" not in out:
         out["type"] = "string"
+    default = out.get("default")
+    if isinstance(default, str | int | float | bool) and "description" in out and "default" not in (
+            out["description"].lower()):
+        # kubectl explain prints the description, not the schema's default: state it there too.
+        shown = str(default).lower() if isinstance(default, bool) else default
+        out["description"] = f"{out['description'].rstrip()} Default: {shown}."
     first = [k for k in _FIRST if k in out]
     return {**{k: out[k] for k in first}, **{k: v for k, v in out.items() if k not in first}}
 
