@@ -43,10 +43,7 @@ from modelyard.api.v1alpha1 import (
 )
 from modelyard.api.v1alpha1.rollout import RolloutStatus
 from modelyard.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, Kube, Obj
-from modelyard.reconcile.common import Stop as _Stop
-from modelyard.reconcile.common import Writer as _Writer
-from modelyard.reconcile.common import owned_by as _owned_by
-from modelyard.reconcile.common import owned_children
+from modelyard.reconcile.common import Stop, Writer, owned_by, owned_children
 from modelyard.reconcile.rollout import Analyst, observe_canary
 from modelyard.reconcile.secrets import check_secrets
 from modelyard.reconcile.traffic import reconcile_traffic
@@ -101,8 +98,8 @@ def _refused(exc: ApiException) -> bool:
     return exc.status == 500 and any(text in (exc.body or "") for text in _PERMANENT_500)
 
 
-def _apply_rejected(exc: ApiException) -> _Stop:
-    return _Stop(Reason.APPLY_REJECTED, f"the API server rejected a child object: {exc.status} {exc.reason}: "
+def _apply_rejected(exc: ApiException) -> Stop:
+    return Stop(Reason.APPLY_REJECTED, f"the API server rejected a child object: {exc.status} {exc.reason}: "
                  f"{(exc.body or '')[:800]}")
 
 
@@ -124,14 +121,14 @@ def reconcile_model_deployment(
     behind the route at weight 0 before it is removed."""
     ns = md.metadata.namespace
     revision = revision_of(md.spec)
-    writer = _Writer(kube)
+    writer = Writer(kube)
     ctx = _Context(clock, converter_image, analyst, drain_seconds)
     try:
         rolled = _roll_out(writer, md, revision, ctx)
     except _NamespaceTerminating:
         log.debug("namespace %s is terminating; leaving %s alone", ns, md.metadata.name)
         return Outcome(revision, None, False, writer.count)
-    except _Stop as stop:
+    except Stop as stop:
         status = _failed_status(md, revision, stop.reason, stop.message, clock)
         writes = writer.count + _write_status(kube, md.metadata, md.status, status)
         return Outcome(revision, None, False, writes)
@@ -268,8 +265,6 @@ class _RollOut:
     http_route: str | None = None
 
 
-_owned_children = owned_children
-
 
 def _recorded_repositories(md: ModelDeployment) -> dict[str, str]:
     revs = md.status.revisions
@@ -280,7 +275,7 @@ def _recorded_repositories(md: ModelDeployment) -> dict[str, str]:
     return out
 
 
-def _convert(writer: _Writer, md: ModelDeployment, revision: str, image: str,
+def _convert(writer: Writer, md: ModelDeployment, revision: str, image: str,
              repositories: dict[str, str]) -> ConversionState:
     """Run (or read) the latest revision's conversion Job."""
     conv = md.spec.conversion
@@ -289,7 +284,7 @@ def _convert(writer: _Writer, md: ModelDeployment, revision: str, image: str,
         key = repositories[revision].rsplit("/", 1)[-1]
         return ConversionState(True, False, Reason.CONVERTED, "", key=key)
     kube, ns = writer.kube, md.metadata.namespace
-    job = _owned_children(kube, JOBS, md, COMPONENT_CONVERTER).get(revision)
+    job = owned_children(kube, JOBS, md, COMPONENT_CONVERTER).get(revision)
     if job is None:
         # A Job's pod template is immutable and the Job is a record of one run: it is created, never re-applied.
         job = writer.ensure(None, render_conversion_job(md, revision, image))
@@ -304,14 +299,14 @@ def _scaled(deployment: Obj, replicas: int) -> Obj:
     return {**deployment, "spec": {**deployment["spec"], "replicas": replicas}}
 
 
-def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, ctx: _Context) -> _RollOut:
+def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context) -> _RollOut:
     """Convert if asked, apply the latest revision, route traffic, point the Service at the serving one, prune."""
     kube, ns, replicas = writer.kube, md.metadata.namespace, md.spec.serving.replicas
     now = ctx.clock().timestamp()
-    by_revision = _owned_children(kube, DEPLOYMENTS, md, COMPONENT_SERVER)
+    by_revision = owned_children(kube, DEPLOYMENTS, md, COMPONENT_SERVER)
     service = kube.get(SERVICES, ns, service_name(md))
-    if service is not None and not _owned_by(service, md):
-        raise _Stop(
+    if service is not None and not owned_by(service, md):
+        raise Stop(
             Reason.NAME_CONFLICT,
             f"Service {ns}/{service_name(md)} exists and is not owned by this ModelDeployment; "
             "delete or rename it so the operator can create the model's Service",
@@ -337,7 +332,7 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, ctx: _Context
             try:
                 desired = render_triton_deployment(md, revision, conversion.key if conversion else None)
             except UnservableSource as exc:
-                raise _Stop(Reason.SOURCE_UNSUPPORTED, str(exc)) from exc
+                raise Stop(Reason.SOURCE_UNSUPPORTED, str(exc)) from exc
             if rolled_back:  # a rolled-back canary stays scaled down until the spec changes
                 desired = _scaled(desired, 0)
             by_revision[revision] = writer.ensure(by_revision.get(revision), desired)
@@ -379,7 +374,7 @@ def _roll_out(writer: _Writer, md: ModelDeployment, revision: str, ctx: _Context
     # converted repository): a model that never converted is not asked for Jobs on every resync.
     converted_before = bool(repositories) or any(c.type in _CONVERSION_CONDITIONS for c in md.status.conditions)
     if md.spec.conversion is not None or converted_before:
-        for rev, job in _owned_children(kube, JOBS, md, COMPONENT_CONVERTER).items():
+        for rev, job in owned_children(kube, JOBS, md, COMPONENT_CONVERTER).items():
             if rev not in keep:
                 writer.delete(JOBS, ns, job["metadata"]["name"])
 
