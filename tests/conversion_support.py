@@ -3,14 +3,13 @@ converter pod runs on the process kubelet's node, as a real process with the Job
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from convert_models import CNN, CNN_SIGNATURE, NaNModel, save_torchscript
-from helpers import model_deployment, wait_for
+from helpers import bound_claim, model_deployment
 from localcluster import LocalCluster
 from processkubelet.kubelet import ON_PROCESS_NODE
 
@@ -24,17 +23,7 @@ def condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
 @pytest.fixture
 def store(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Path:
     """PVC `model-store` (bound to a PV) and the directory that plays its contents."""
-    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"store-{namespace}"},
-          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                   "hostPath": {"path": str(tmp_path)},
-                   "claimRef": {"namespace": namespace, "name": "model-store"}}}
-    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-           "metadata": {"name": "model-store", "namespace": namespace},
-           "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"store-{namespace}",
-                    "resources": {"requests": {"storage": "1Gi"}}}}
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
-    wait_for("the PVC to bind", lambda: cluster.kubectl(
-        "get", "pvc", "-n", namespace, "model-store", "-o", "jsonpath={.status.phase}").stdout == "Bound")
+    bound_claim(cluster, namespace, "model-store", tmp_path, "ReadWriteMany")
     (tmp_path / "sources").mkdir()
     save_torchscript(CNN, tmp_path / "sources" / "cnn.pt")
     save_torchscript(NaNModel, tmp_path / "sources" / "nan.pt")

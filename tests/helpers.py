@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from localcluster import WRITE_VERBS, LocalCluster
@@ -57,3 +59,17 @@ def operator_writes(cluster: LocalCluster, since: int, user: str = "modelyard-op
 def ready_condition(body: dict[str, Any]) -> dict[str, Any] | None:
     conditions: list[dict[str, Any]] = body.get("status", {}).get("conditions", [])
     return next((c for c in conditions if c.get("type") == "Ready"), None)
+
+
+def bound_claim(cluster: LocalCluster, namespace: str, claim: str, path: Path, access_mode: str) -> None:
+    """PVC `claim` in `namespace`, bound to a hostPath PV on `path` (a directory the test fills)."""
+    pv_name = f"{claim}-{namespace}"
+    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv_name},
+          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": [access_mode], "storageClassName": "",
+                   "hostPath": {"path": str(path)}, "claimRef": {"namespace": namespace, "name": claim}}}
+    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": namespace},
+           "spec": {"accessModes": [access_mode], "storageClassName": "", "volumeName": pv_name,
+                    "resources": {"requests": {"storage": "1Gi"}}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
+    wait_for(f"PVC {claim} to bind", lambda: cluster.kubectl(
+        "get", "pvc", "-n", namespace, claim, "-o", "jsonpath={.status.phase}").stdout == "Bound")

@@ -3,12 +3,11 @@ the local Gateway, rolled out as a canary, each revision an echo repository with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from canary.repositories import write_repository
-from helpers import model_deployment, wait_for
+from helpers import bound_claim, model_deployment
 from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
 from processkubelet.kubelet import ON_PROCESS_NODE
 
@@ -20,15 +19,7 @@ STEPS: list[dict[str, Any]] = [{"setWeight": 20}, {"setWeight": 50}]
 
 def provision_models(cluster: LocalCluster, namespace: str, root: Path) -> None:
     """PVC `models` (a hostPath PV on `root`) holding one echo repository per behaviour."""
-    pv = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"models-{namespace}"},
-          "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadOnlyMany"], "storageClassName": "",
-                   "hostPath": {"path": str(root)}, "claimRef": {"namespace": namespace, "name": "models"}}}
-    pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models", "namespace": namespace},
-           "spec": {"accessModes": ["ReadOnlyMany"], "storageClassName": "", "volumeName": f"models-{namespace}",
-                    "resources": {"requests": {"storage": "1Gi"}}}}
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
-    wait_for("the PVC to bind", lambda: cluster.kubectl(
-        "get", "pvc", "-n", namespace, "models", "-o", "jsonpath={.status.phase}").stdout == "Bound")
+    bound_claim(cluster, namespace, "models", root, "ReadOnlyMany")
     write_repository(root, "v1")
     write_repository(root, "v2")
     write_repository(root, "failing", fail_percent=40)
