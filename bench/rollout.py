@@ -47,7 +47,7 @@ def main() -> int:
         try:
             crd = ROOT / "crds" / "modelyard.dev_modeldeployments.yaml"
             cluster.kubectl("apply", "-f", str(crd))
-            cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelyard.dev")
+            cluster.wait_established("modeldeployments.modelyard.dev")
             cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                                   "items": operator_rbac()}))
             env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig), "MODELYARD_RESYNC_SECONDS": "10",

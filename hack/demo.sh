@@ -43,7 +43,12 @@ for _ in $(seq 1 360); do [ -f "$state/cluster/ready" ] && break; kill -0 "${pid
 
 step "installing the CRD and the operator's RBAC"
 "${kubectl[@]}" apply -f crds/
-"${kubectl[@]}" wait --for=condition=Established crd/modeldeployments.modelyard.dev --timeout=60s
+# Not `kubectl wait`: it fails at once on a CRD whose status is not written yet.
+for _ in $(seq 200); do
+  [ "$("${kubectl[@]}" get crd modeldeployments.modelyard.dev \
+        -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}')" = True ] && break
+  sleep 0.3
+done
 (cd hack && "$py" -m localcluster rbac) | "${kubectl[@]}" apply -f -
 
 step "running the operator as user modelyard-operator (log: $state/operator.log)"

@@ -24,7 +24,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     cl = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
     try:
         cl.kubectl("apply", "-f", str(CRD))
-        cl.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelyard.dev", "--timeout=60s")
+        cl.wait_established("modeldeployments.modelyard.dev")
         cl.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                           "items": operator_rbac()}))
         yield cl

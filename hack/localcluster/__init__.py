@@ -411,11 +411,24 @@ class LocalCluster:
         if self.with_prometheus:
             self._start_prometheus()
 
+    def wait_established(self, *crds: str, timeout: float = 60) -> None:
+        """Wait until each CRD is Established. Not `kubectl wait`: a CRD whose status the API server has not
+        written yet makes it fail at once ("status.conditions accessor error: <nil>"), which CI hit."""
+        deadline = time.monotonic() + timeout
+        pending = list(crds)
+        while pending:
+            path = '{.status.conditions[?(@.type=="Established")].status}'
+            pending = [c for c in pending if self.kubectl("get", "crd", c, "-o", f"jsonpath={path}",
+                                                          check=False).stdout.strip() != "True"]
+            if pending and time.monotonic() > deadline:
+                raise ControlPlaneMissing(f"CRDs not Established after {timeout}s: {', '.join(pending)}")
+            if pending:
+                time.sleep(0.3)
+
     def _start_traefik(self, timeout: float = 60) -> None:
         home = find_traefik()
         self.kubectl("apply", "--server-side", "-f", str(home / "gateway-api-crds"))
-        self.kubectl("wait", "--for=condition=Established", "crd/httproutes.gateway.networking.k8s.io",
-                     "crd/gateways.gateway.networking.k8s.io", "--timeout=60s")
+        self.wait_established("httproutes.gateway.networking.k8s.io", "gateways.gateway.networking.k8s.io")
         # Traefik's own RBAC for its Gateway provider (from its module), bound to a ServiceAccount whose token it
         # uses: its out-of-cluster client takes a bearer token, not a client certificate.
         rbac = [d for d in yaml.safe_load_all((home / "kubernetes-gateway-rbac.yml").read_text())

@@ -35,7 +35,7 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClus
     op = None
     try:
         cluster.kubectl("apply", "-f", str(ROOT / "crds" / "modelyard.dev_modeldeployments.yaml"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/modeldeployments.modelyard.dev")
+        cluster.wait_established("modeldeployments.modelyard.dev")
         cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
                                                               "items": operator_rbac()}))
         cluster.kubectl("create", "namespace", NAMESPACE)
