@@ -34,6 +34,10 @@ prometheus: ## Build (once, cached in ~/.cache/modelyard) Prometheus for the loc
 gateway: ## Build (once, cached in ~/.cache/modelyard) Traefik and the Gateway API CRDs for the local cluster
 	@bash hack/traefik/build.sh >/dev/null
 
+.PHONY: keda
+keda: ## Build (once, cached in ~/.cache/modelyard) KEDA's operator and metrics adapter for the local cluster
+	@bash hack/keda/build.sh >/dev/null
+
 .PHONY: crds
 crds: venv ## Regenerate crds/, the chart's copy and docs/api.md from the pydantic models
 	$(BIN)/modelyard crd > $(CRD)
@@ -51,15 +55,15 @@ test-unit: venv ## Unit tests: renderers against golden files, schema, hashing
 	$(PYTEST) tests/unit
 
 .PHONY: test-integration
-test-integration: venv control-plane prometheus gateway ## Integration tests against a real local kube-apiserver
+test-integration: venv control-plane prometheus gateway keda ## Integration tests against a real local kube-apiserver
 	$(PYTEST) tests/integration
 
 .PHONY: test-e2e
-test-e2e: venv control-plane prometheus gateway ## E2E: the operator on the local cluster: kwok nodes and real Triton pods
+test-e2e: venv control-plane prometheus gateway keda ## E2E: the operator on the local cluster: kwok nodes and real Triton pods
 	$(PYTEST) tests/e2e
 
 .PHONY: test
-test: lint control-plane prometheus gateway ## Everything: lint, then unit, process-kubelet, integration and e2e tests
+test: lint control-plane prometheus gateway keda ## Everything: lint, then unit, process-kubelet, integration and e2e tests
 	$(PYTEST) tests
 
 .PHONY: golden
@@ -67,7 +71,7 @@ golden: venv ## Rewrite the golden files from the renderers (review the diff)
 	UPDATE_GOLDEN=1 $(PYTEST) tests/unit -q
 
 .PHONY: demo
-demo: venv control-plane prometheus gateway ## Local cluster + operator: serve a model for real, apply examples/, print the table
+demo: venv control-plane prometheus gateway keda ## Local cluster + operator: serve a model for real, apply examples/, print the table
 	@bash hack/demo.sh
 
 .PHONY: kind-e2e
@@ -79,5 +83,5 @@ bench: venv ## Benchmarks: ratios measured in one run (bench/convert.py)
 	$(BIN)/python bench/convert.py
 
 .PHONY: bench-rollout
-bench-rollout: venv control-plane prometheus gateway ## Canary rollback on live traffic, in analysis intervals (bench/rollout.py)
+bench-rollout: venv control-plane prometheus gateway keda ## Canary rollback on live traffic, in analysis intervals (bench/rollout.py)
 	$(BIN)/python bench/rollout.py

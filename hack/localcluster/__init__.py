@@ -12,6 +12,7 @@ error that names it: nothing here skips.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 import json
@@ -46,6 +47,10 @@ PROMETHEUS_USER = "modelyard-prometheus"
 SCRAPE_CONFIG = ROOT / "docs" / "monitoring" / "scrape-config.yaml"
 PROMETHEUS_BUILD = ROOT / "hack" / "prometheus" / "build.sh"
 TRAEFIK_BUILD = ROOT / "hack" / "traefik" / "build.sh"
+KEDA_BUILD = ROOT / "hack" / "keda" / "build.sh"
+KEDA_NAMESPACE = "keda"
+FRONT_PROXY_USER = "front-proxy-client"
+"""The API server's identity when it proxies to an aggregated API (KEDA's external metrics)."""
 GATEWAY_NAMESPACE = "gateway-system"
 GATEWAY_NAME = "local"
 """The local cluster's one Gateway (class traefik): HTTPRoutes from every namespace may attach to it."""
@@ -68,16 +73,26 @@ def prometheus_rbac() -> list[dict[str, Any]]:
     ]
 
 
-def find_traefik() -> Path:
-    """The directory with Traefik and the Gateway API CRDs it speaks (hack/traefik/build.sh; cached)."""
-    given = os.environ.get("MODELYARD_TRAEFIK_DIR")
+def _built(script: Path, override: str, marker: str) -> Path:
+    """The directory a hack/*/build.sh prints (building once, then cached), or $override when set."""
+    given = os.environ.get(override)
     if given:
         return Path(given)
-    proc = subprocess.run(["bash", str(TRAEFIK_BUILD)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
     path = Path(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else Path("/nonexistent")
-    if proc.returncode != 0 or not (path / "traefik").is_file():
-        raise ControlPlaneMissing(f"{TRAEFIK_BUILD} failed:\n{proc.stderr[-3000:]}")
+    if proc.returncode != 0 or not (path / marker).is_file():
+        raise ControlPlaneMissing(f"{script} failed:\n{proc.stderr[-3000:]}")
     return path
+
+
+def find_traefik() -> Path:
+    """The directory with Traefik and the Gateway API CRDs it speaks (hack/traefik/build.sh; cached)."""
+    return _built(TRAEFIK_BUILD, "MODELYARD_TRAEFIK_DIR", "traefik")
+
+
+def find_keda() -> Path:
+    """The directory with keda-operator, keda-adapter and KEDA's CRDs (hack/keda/build.sh; cached)."""
+    return _built(KEDA_BUILD, "MODELYARD_KEDA_DIR", "keda-operator")
 
 
 def find_prometheus() -> str:
@@ -184,17 +199,22 @@ class _Pki:
         )
         (self.dir / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, stem: str, cn: str, orgs: Iterable[str] = (), server: bool = False) -> None:
+    def issue(self, stem: str, cn: str, orgs: Iterable[str] = (), server: bool = False, client: bool = False,
+              dns_names: Iterable[str] = ()) -> None:
+        """A certificate signed by the CA: a client one, or a server one for localhost (`client` too: both, as
+        KEDA's mutual-TLS gRPC between its adapter and operator wants one pair for each end)."""
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         subject = x509.Name(
             [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
             + [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
         )
-        usage = x509.oid.ExtendedKeyUsageOID.SERVER_AUTH if server else x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH
+        eku = x509.oid.ExtendedKeyUsageOID
+        usages = [eku.SERVER_AUTH, eku.CLIENT_AUTH] if server and client else [
+            eku.SERVER_AUTH if server else eku.CLIENT_AUTH]
         builder = (
             self._builder(subject, key.public_key())
             .issuer_name(self.ca_cert.subject)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
         if server:
             builder = builder.add_extension(
@@ -202,6 +222,7 @@ class _Pki:
                     [
                         x509.DNSName("localhost"),
                         x509.DNSName("kubernetes.default.svc"),
+                        *(x509.DNSName(n) for n in dns_names),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                         x509.IPAddress(ipaddress.ip_address("198.19.255.1")),
                     ]
@@ -209,6 +230,14 @@ class _Pki:
                 critical=False,
             )
         self._write(stem, key, builder.sign(self.ca_key, hashes.SHA256()))
+
+    @staticmethod
+    def reissue_into(pki: Path, out: Path) -> None:
+        """ca.crt, tls.crt and tls.key in `out`, as KEDA reads its certificate directory: the local CA, and a
+        server-and-client pair for localhost signed by it."""
+        shutil.copy(pki / "ca.crt", out / "ca.crt")
+        shutil.copy(pki / "keda.crt", out / "tls.crt")
+        shutil.copy(pki / "keda.key", out / "tls.key")
 
     def service_account_keys(self) -> None:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -257,6 +286,11 @@ class LocalCluster:
     with_prometheus: bool = True
     """Prometheus (hack/prometheus/build.sh) scraping the Triton pods with docs/monitoring/scrape-config.yaml."""
     prometheus_port: int = 0
+    with_keda: bool = True
+    """KEDA (hack/keda/build.sh): its operator, and its metrics adapter as the external metrics API."""
+    hpa_sync_period: str = "5s"
+    """kube-controller-manager's --horizontal-pod-autoscaler-sync-period (15s by default in a real cluster): the
+    tests measure reactions in these periods, and a shorter one keeps them short."""
     with_controllers: bool = True
     binaries: Path | None = None
     port: int = 0
@@ -318,6 +352,9 @@ class LocalCluster:
         pki.issue(ADMIN_USER, ADMIN_USER, orgs=["system:masters"])
         pki.issue(OPERATOR_USER, OPERATOR_USER)
         pki.issue(PROMETHEUS_USER, PROMETHEUS_USER)
+        pki.issue(FRONT_PROXY_USER, FRONT_PROXY_USER)
+        # The aggregator checks the name <service>.<namespace>.svc of the APIService's Service.
+        pki.issue("keda", "keda", server=True, client=True, dns_names=[f"keda-metrics-apiserver.{KEDA_NAMESPACE}.svc"])
         pki.service_account_keys()
         self.port = self.port or free_port()
         self._write_kubeconfig(self.kubeconfig, ADMIN_USER)
@@ -358,6 +395,14 @@ class LocalCluster:
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
                 "--disable-admission-plugins=ServiceAccount",
+                # The aggregation layer, for KEDA's external metrics API: the API server proxies as front-proxy-client.
+                f"--requestheader-client-ca-file={p / 'ca.crt'}",
+                f"--requestheader-allowed-names={FRONT_PROXY_USER}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={p / (FRONT_PROXY_USER + '.crt')}",
+                f"--proxy-client-key-file={p / (FRONT_PROXY_USER + '.key')}",
                 f"--audit-policy-file={self.workdir / 'audit-policy.yaml'}",
                 f"--audit-log-path={self.audit_log}",
                 "--audit-log-mode=blocking",
@@ -377,6 +422,7 @@ class LocalCluster:
                 f"--root-ca-file={p / 'ca.crt'}",
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
                 "--concurrent-gc-syncs=5",
+                f"--horizontal-pod-autoscaler-sync-period={self.hpa_sync_period}",
                 # Fake nodes on a busy 2-core machine: do not evict pods over a late heartbeat.
                 "--node-monitor-grace-period=2m",
             ],
@@ -410,6 +456,8 @@ class LocalCluster:
             self._start_traefik()
         if self.with_prometheus:
             self._start_prometheus()
+        if self.with_keda:
+            self._start_keda()
 
     def wait_established(self, *crds: str, timeout: float = 60) -> None:
         """Wait until each CRD is Established. Not `kubectl wait`: a CRD whose status the API server has not
@@ -486,6 +534,60 @@ class LocalCluster:
             time.sleep(0.5)
         raise ControlPlaneMissing(f"the Gateway was not Programmed by Traefik in {timeout}s: "
                                   f"{self.log_tail('traefik')}")
+
+    def _start_keda(self, timeout: float = 90) -> None:
+        """KEDA's operator and metrics adapter as local processes (as Traefik is), the adapter registered as the
+        external metrics API. The API server reaches the adapter through an ExternalName Service "localhost" (the
+        aggregator resolves it to https://localhost:<port>); the two talk mutual-TLS gRPC with one local pair."""
+        home = find_keda()
+        self.kubectl("apply", "--server-side", "-f", str(home / "crds"))
+        self.wait_established("scaledobjects.keda.sh")
+        certs = self.workdir / "keda-certs"
+        certs.mkdir(exist_ok=True)
+        _Pki.reissue_into(self.pki, certs)
+        grpc_port, adapter_port = free_port(), free_port()
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POD_NAMESPACE": KEDA_NAMESPACE,
+               "KEDA_CLUSTER_OBJECT_NAMESPACE": KEDA_NAMESPACE, "WATCH_NAMESPACE": ""}
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": KEDA_NAMESPACE}},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "keda-metrics-apiserver",
+                                                                 "namespace": KEDA_NAMESPACE},
+             "spec": {"type": "ExternalName", "externalName": "localhost",
+                      "ports": [{"name": "https", "port": adapter_port}]}},
+            {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+             "metadata": {"name": "v1beta1.external.metrics.k8s.io"},
+             "spec": {"group": "external.metrics.k8s.io", "version": "v1beta1", "groupPriorityMinimum": 100,
+                      "versionPriority": 100,
+                      "caBundle": base64.b64encode((self.pki / "ca.crt").read_bytes()).decode(),
+                      "service": {"name": "keda-metrics-apiserver", "namespace": KEDA_NAMESPACE,
+                                  "port": adapter_port}}},
+        ]}))
+        self._spawn("keda-operator", [
+            str(home / "keda-operator"), "--leader-elect=false", "--zap-log-level=info", "--zap-encoder=console",
+            f"--metrics-bind-address=127.0.0.1:{free_port()}", f"--health-probe-bind-address=127.0.0.1:{free_port()}",
+            f"--metrics-service-bind-address=127.0.0.1:{grpc_port}", f"--cert-dir={certs}",
+            "--enable-cert-rotation=false", f"--ca-dir={certs}",
+        ], env=env)
+        self._spawn("keda-adapter", [
+            str(home / "keda-adapter"), f"--secure-port={adapter_port}", "--bind-address=127.0.0.1",
+            f"--tls-cert-file={certs / 'tls.crt'}", f"--tls-private-key-file={certs / 'tls.key'}",
+            f"--cert-dir={certs}", f"--client-ca-file={certs / 'ca.crt'}",
+            f"--metrics-service-address=127.0.0.1:{grpc_port}", f"--port={free_port()}",
+            f"--lister-kubeconfig={self.kubeconfig}", f"--authentication-kubeconfig={self.kubeconfig}",
+            f"--authorization-kubeconfig={self.kubeconfig}", "--zap-log-level=info",
+        ], env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name in ("keda-operator", "keda-adapter"):
+                if self.procs[name].poll() is not None:
+                    raise ControlPlaneMissing(f"{name} exited: {self.log_tail(name)}")
+            # Through the API server, as the HPA controller asks: the APIService's Available condition can be True
+            # while the aggregator still refuses the adapter's certificate.
+            if self.kubectl("get", "--raw", "/apis/external.metrics.k8s.io/v1beta1", check=False).returncode == 0:
+                return
+            time.sleep(0.5)
+        raise ControlPlaneMissing(f"KEDA's external metrics API was not Available in {timeout}s: "
+                                  f"{self.log_tail('keda-adapter')}")
 
     def prometheus_config(self, scrape_interval: str = "2s") -> dict[str, Any]:
         """docs/monitoring/scrape-config.yaml, pointed at this API server, plus what is local: a short interval

@@ -36,7 +36,8 @@ def render_manifest(doc: dict[str, Any]) -> list[dict[str, Any]]:
     meta.setdefault("uid", str(uuid.UUID(int=0)))
     doc["metadata"] = meta
     md = ModelDeployment.model_validate(doc)
-    return render_children(md, revision_of(md.spec), Settings.from_env().converter_image)
+    own = Settings.from_env()
+    return render_children(md, revision_of(md.spec), own.converter_image, own.prometheus_url)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -148,6 +148,32 @@ INVALID = [
      "spec.conversion.resources.limits.memory"),
     ("metadata.name", "m" * 41, "metadata.name must be at most 40 characters"),
     ("metadata.name", "9lives", "metadata.name must be a DNS label"),
+    # spec.scaling (the manifest's serving.replicas is dropped for these, except in the first)
+    ("spec.scaling+replicas", {"maxReplicas": 4, "metric": {"type": "queueTime", "target": 20}},
+     "serving.replicas and scaling are mutually exclusive"),
+    ("spec.scaling", {"minReplicas": 3, "maxReplicas": 2, "metric": {"type": "queueTime", "target": 20}},
+     "scaling.minReplicas may not exceed scaling.maxReplicas"),
+    ("spec.scaling", {"engine": "hpa", "minReplicas": 0, "maxReplicas": 2,
+                      "metric": {"type": "queueTime", "target": 20}}, "scaling.minReplicas 0 needs engine keda"),
+    ("spec.scaling", {"minReplicas": 0, "maxReplicas": 2, "metric": {"type": "queueTime", "target": 20}},
+     "scaling.minReplicas 0 needs traffic.gateway"),
+    ("spec.scaling", {"maxReplicas": 2, "metric": {"type": "custom", "target": 1}},
+     "scaling.metric.query is required with type custom and applies only to it"),
+    ("spec.scaling", {"maxReplicas": 2, "metric": {"type": "queueTime", "target": 1, "query": "up"}},
+     "scaling.metric.query is required with type custom and applies only to it"),
+    ("spec.scaling", {"engine": "hpa", "maxReplicas": 2, "metric": {"type": "custom", "target": 1, "query": "up"}},
+     "scaling.metric.type custom needs engine keda"),
+    ("spec.scaling", {"maxReplicas": 2, "metric": {"type": "queueTime", "target": 0}},
+     "should be greater than 0"),
+    ("spec.scaling", {"maxReplicas": 2, "metric": {"type": "queueTime", "target": 5, "window": "5s"}},
+     "scaling.metric.window must be at least 10s"),
+    ("spec.scaling", {"maxReplicas": 2, "metric": {"type": "cpu", "target": 5}}, 'Unsupported value: "cpu"'),
+    ("spec.scaling", {"maxReplicas": 2, "metric": {"type": "queueTime", "target": 5, "targetType": "Value"}},
+     "scaling.metric.targetType applies only to type custom"),
+    ("spec.scaling", {"metric": {"type": "queueTime", "target": 5}}, "spec.scaling.maxReplicas: Required value"),
+    ("spec.scaling", {"maxReplicas": 2, "metric": {"type": "queueTime", "target": 5},
+                      "behavior": {"scaleUp": {"policies": [{"type": "Pods", "value": 0, "periodSeconds": 15}]}}},
+     "should be greater than 0"),
 ]
 
 
@@ -164,12 +190,35 @@ VALID = [
         {"weight": 50, "podAffinityTerm": {"labelSelector": {"matchLabels": {"app": "triton"}},
                                            "topologyKey": "kubernetes.io/hostname"}}]}}),
     ("spec.serving.resources", {"requests": {"cpu": "500m", "memory": "4Gi"}, "limits": {"cpu": 2, "memory": "1e9"}}),
+    ("spec.scaling", {"maxReplicas": 4, "metric": {"type": "queueTime", "target": 20}}),
+    ("spec.scaling", {"engine": "hpa", "minReplicas": 2, "maxReplicas": 4,
+                      "metric": {"type": "inferenceRate", "target": 150.5},
+                      "behavior": {"scaleDown": {
+                          "stabilizationWindowSeconds": 60, "selectPolicy": "Max",
+                          "policies": [{"type": "Percent", "value": 50, "periodSeconds": 30}]}}}),
+    ("spec.scaling", {"maxReplicas": 4, "metric": {"type": "custom", "query": "sum(up)", "target": 3,
+                                                   "targetType": "Value"}}),
+    ("spec.scaling+traffic", {"minReplicas": 0, "maxReplicas": 4, "metric": {"type": "pendingRequests", "target": 4},
+                              "idlePeriod": "2m", "pollingInterval": "5s"}),
 ]
+
+
+def _scaling_case(manifest: dict[str, Any], path: str) -> str:
+    """spec.scaling rows: drop serving.replicas (they exclude each other) unless the row is about that, and add a
+    gateway where the row asks for one."""
+    if not path.startswith("spec.scaling"):
+        return path
+    if not path.endswith("+replicas"):
+        manifest["spec"]["serving"].pop("replicas")
+    if path.endswith("+traffic"):
+        manifest["spec"]["traffic"] = {"gateway": {"parentRefs": [{"name": "local", "namespace": "gateway-system"}]}}
+    return "spec.scaling"
 
 
 @pytest.mark.parametrize(("path", "value"), VALID, ids=[f"{p}={v}"[:60] for p, v in VALID])
 def test_valid_manifests_pass_the_same_rules(cluster: LocalCluster, namespace: str, path: str, value: Any) -> None:
-    manifest = _break(model_deployment("valid", namespace), path, value)
+    manifest = model_deployment("valid", namespace)
+    manifest = _break(manifest, _scaling_case(manifest, path), value)
     proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
     assert proc.returncode == 0, proc.stderr
 
@@ -185,7 +234,7 @@ def test_invalid_manifests_are_rejected_at_apply(
         manifest["spec"]["model"]["uri"] = "pvc://claim/model"
         manifest["spec"]["model"]["credentialsSecretRef"] = value
     else:
-        _break(manifest, path, value)
+        _break(manifest, _scaling_case(manifest, path), value)
     proc = cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest), check=False)
     assert proc.returncode != 0, f"the API server accepted an invalid manifest ({path}={value!r})"
     assert message in proc.stderr, proc.stderr

@@ -53,7 +53,7 @@ def test_an_operator_watching_one_namespace_leaves_the_others_alone(
         # Nothing in the other namespace, and no cluster-wide read of anything the operator manages (discovery,
         # CRDs and kopf's look at the namespace list are not objects of anyone's).
         managed = re.compile(r"^/apis?(/[^/?]+)?/v[^/?]+/(modeldeployments|deployments|jobs|pods|services|httproutes"
-                             r"|events)")
+                             r"|events|scaledobjects|horizontalpodautoscalers)")
         strays = [uri for uri in requests if f"/namespaces/{other}" in uri or managed.match(uri)]
         assert strays == [], strays
         assert "Traceback" not in log.read_text(), log.read_text()[-3000:]

@@ -21,7 +21,9 @@ def spec(**serving: Any) -> ModelDeploymentSpec:
 
 def test_defaults() -> None:
     s = spec()
-    assert (s.serving.gpus, s.serving.replicas, s.serving.max_batch_size) == (1, 1, 8)
+    assert (s.serving.gpus, s.fixed_replicas, s.serving.max_batch_size) == (1, 1, 8)
+    # Unset rather than 1, so that CEL can tell a replica count someone wrote from none (scaling excludes it).
+    assert s.serving.replicas is None
     assert s.serving.gpu_resource_name == "nvidia.com/gpu"
     assert s.serving.dynamic_batching.enabled
 

@@ -23,6 +23,8 @@ class ConditionType(StrEnum):
 class Reason(StrEnum):
     # Ready=True
     AVAILABLE = "Available"
+    SCALED_TO_ZERO = "ScaledToZero"
+    """spec.scaling with minReplicas 0: the serving revision is idle and runs no pod."""
     # Ready=False: rollout in progress
     PROGRESSING = "Progressing"
     # Ready=False: read from the child objects
@@ -44,6 +46,9 @@ class Reason(StrEnum):
     NAME_CONFLICT = "NameConflict"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_INCOMPLETE = "SecretIncomplete"
+    PROMETHEUS_NOT_CONFIGURED = "PrometheusNotConfigured"
+    # Scaling events
+    SCALED_FROM_ZERO = "ScaledFromZero"
     # The conversion stage
     CONVERTING = "Converting"
     CONVERTED = "Converted"

@@ -126,6 +126,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Pods the serving revision should have.",
     },
     {
+        "name": "Range",
+        "type": "string",
+        "jsonPath": ".status.scaling.range",
+        "description": "With spec.scaling: the autoscaler's minReplicas-maxReplicas.",
+    },
+    {
         "name": "Canary",
         "type": "string",
         "jsonPath": ".status.rollout.canary",

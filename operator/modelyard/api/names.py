@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Any
 
 from modelyard.api.v1alpha1 import API_VERSION, KIND, ModelDeployment, ModelDeploymentSpec
@@ -44,12 +45,13 @@ def _digest(data: Any) -> str:
 def revision_of(spec: ModelDeploymentSpec) -> str:
     """Content hash of the spec parts that change what is served.
 
-    Replica count is left out: scaling a revision is not a new revision. So are traffic and rollout: how requests
-    reach the model and how a revision replaces another do not change what a revision serves.
+    Replica count and scaling are left out: scaling a revision is not a new revision. So are traffic and rollout:
+    how requests reach the model and how a revision replaces another do not change what a revision serves.
     """
     # exclude_none: a new optional field, unset, does not roll every deployed model to a new revision.
     served = spec.model_dump(mode="json", by_alias=True, exclude={"serving": {"replicas"}, "traffic": True,
-                                                                    "rollout": True}, exclude_none=True)
+                                                                    "rollout": True, "scaling": True},
+                             exclude_none=True)
     return _digest(served)[:REVISION_LENGTH]
 
 
@@ -122,3 +124,9 @@ def child_metadata(md: ModelDeployment, name: str, labels: dict[str, str]) -> di
 
 def url_of(md: ModelDeployment) -> str:
     return f"http://{service_name(md)}.{md.metadata.namespace}.svc:{HTTP_PORT}"
+
+
+def traefik_backend(namespace: str, service: str, port: int) -> str:
+    """Traefik's name for a Gateway API backend, the `service` label of its metrics (provider.Normalize of
+    <namespace>-<service>-http-<port>: every run of other characters folded to '-')."""
+    return "-".join(re.split(r"[^0-9A-Za-z]+", f"{namespace}-{service}-http-{port}")) + "@kubernetesgateway"

@@ -35,7 +35,8 @@ REASONS: dict[Reason, str] = {
     "AWS_SECRET_ACCESS_KEY); the message names the missing keys, never a value.",
     Reason.RECONCILE_FAILED: "The operator failed on this object in a way it did not foresee (a bug: please "
     "report it with the message); it tries again with back-off.",
-    Reason.NAME_CONFLICT: "A Service with the model's name exists and belongs to something else.",
+    Reason.NAME_CONFLICT: "A Service, HTTPRoute or autoscaler with the model's name exists and belongs to "
+    "something else.",
     Reason.CONVERTING: "The latest revision's conversion Job is running; the serving revision keeps serving.",
     Reason.CONVERTED: "Converted=True: the artifact, its size and digest are in the message.",
     Reason.VALIDATED: "Validated=True: samples, max abs/rel error and top-1 agreement are in the message.",
@@ -60,6 +61,13 @@ REASONS: dict[Reason, str] = {
     "pods failed, or a person aborted it; weight 0, scaled down, not retried until the spec changes. Ready stays "
     "True on the stable revision.",
     Reason.ROLLOUT_COMPLETE: "Progressing=True: no canary; the latest revision serves all traffic.",
+    Reason.SCALED_TO_ZERO: "True: spec.scaling.minReplicas is 0 and the serving revision was idle for "
+    "scaling.idlePeriod, so it runs no pod. A request through the gateway wakes it; until its first pod is ready "
+    "the gateway answers 503 (status.scaling.lastColdStartSeconds says how long that took last time).",
+    Reason.PROMETHEUS_NOT_CONFIGURED: "spec.scaling with engine keda needs the operator's Prometheus address "
+    "(chart value rollouts.prometheusUrl).",
+    Reason.SCALED_FROM_ZERO: "Event: the serving revision left zero; the note says how long until its first pod "
+    "was ready.",
 }
 
 

@@ -111,7 +111,8 @@ def _reconcile(namespace: str, name: str) -> None:
             return
         own: Settings = _state["settings"]
         outcome = reconcile_model_deployment(_kube(), md, converter_image=own.converter_image,
-                                             analyst=_state.get("analyst"), drain_seconds=own.drain_seconds)
+                                             analyst=_state.get("analyst"), drain_seconds=own.drain_seconds,
+                                             prometheus_url=own.prometheus_url)
         if outcome.rollout_event:
             ROLLOUT_EVENTS.labels(reason=outcome.rollout_event).inc()
         if outcome.requeue_after is not None:

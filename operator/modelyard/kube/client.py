@@ -45,10 +45,14 @@ EVENTS = Resource("events.k8s.io", "v1", "events")
 JOBS = Resource("batch", "v1", "jobs")
 SECRETS = Resource("", "v1", "secrets")
 HTTP_ROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes")
+SCALED_OBJECTS = Resource("keda.sh", "v1alpha1", "scaledobjects")
+HPAS = Resource("autoscaling", "v2", "horizontalpodautoscalers")
 MODEL_DEPLOYMENTS = Resource(GROUP, VERSION, PLURAL)
 
 _BY_KIND = {("apps/v1", "Deployment"): DEPLOYMENTS, ("v1", "Service"): SERVICES, ("batch/v1", "Job"): JOBS,
-            ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTP_ROUTES}
+            ("gateway.networking.k8s.io/v1", "HTTPRoute"): HTTP_ROUTES,
+            ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECTS,
+            ("autoscaling/v2", "HorizontalPodAutoscaler"): HPAS}
 
 
 def resource_of(obj: Obj) -> Resource:
@@ -121,15 +125,16 @@ class Kube:
             return self.list_all_namespaces(res)
         return [item for ns in namespaces for item in _items(self._call("GET", res.path(ns)))]
 
-    def apply(self, obj: Obj, subresource: str | None = None) -> Obj:
-        """Server-side apply with this operator's field manager, taking ownership of conflicting fields."""
+    def apply(self, obj: Obj, subresource: str | None = None, field_manager: str | None = None) -> Obj:
+        """Server-side apply with this operator's field manager (or `field_manager`, for a field the operator hands
+        to another manager), taking ownership of conflicting fields."""
         res = resource_of(obj) if subresource is None else MODEL_DEPLOYMENTS
         meta = obj["metadata"]
         return self._call(
             "PATCH",
             res.path(meta["namespace"], meta["name"], subresource),
             body=obj,
-            query=[("fieldManager", self.field_manager), ("force", "true")],
+            query=[("fieldManager", field_manager or self.field_manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
 

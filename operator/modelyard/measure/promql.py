@@ -8,10 +8,10 @@ apart by that label. A query that returns no sample means "no data", never zero 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from modelyard.api.names import traefik_backend
 from modelyard.api.v1alpha1.rollout import Analysis
 
 
@@ -36,7 +36,7 @@ class Check:
 
 def traefik_service(b: Backend) -> str:
     """Traefik's name for a Gateway API backend (provider.Normalize of namespace-name-http-port)."""
-    return "-".join(re.split(r"[^0-9A-Za-z]+", f"{b.namespace}-{b.service}-http-{b.port}")) + "@kubernetesgateway"
+    return traefik_backend(b.namespace, b.service, b.port)
 
 
 def _sel(b: Backend, extra: str = "") -> str:
@@ -91,3 +91,4 @@ def checks(analysis: Analysis, canary: Backend, stable: Backend, window: str) ->
 
 def _within(lo: float | None, hi: float | None) -> Callable[[float], bool]:
     return lambda v: (lo is None or v >= lo) and (hi is None or v <= hi)
+

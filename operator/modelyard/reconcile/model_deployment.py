@@ -42,9 +42,18 @@ from modelyard.api.v1alpha1 import (
     RevisionStatus,
 )
 from modelyard.api.v1alpha1.rollout import RolloutStatus
+from modelyard.api.v1alpha1.scaling import ScalingStatus
 from modelyard.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, Kube, Obj
 from modelyard.reconcile.common import Stop, Writer, owned_by, owned_children
 from modelyard.reconcile.rollout import Analyst, observe_canary
+from modelyard.reconcile.scaling import (
+    clamp,
+    current_replicas,
+    hand_over_replicas,
+    held_elsewhere,
+    reconcile_autoscaler,
+    set_replicas,
+)
 from modelyard.reconcile.secrets import check_secrets
 from modelyard.reconcile.traffic import reconcile_traffic
 from modelyard.render.conversion import render_conversion_job
@@ -109,20 +118,21 @@ class _Context:
     converter_image: str
     analyst: Analyst | None
     drain_seconds: float
+    prometheus_url: str | None
 
 
 def reconcile_model_deployment(
     kube: Kube, md: ModelDeployment, clock: Clock = utc_now, converter_image: str = DEFAULT_CONVERTER_IMAGE,
-    analyst: Analyst | None = None, drain_seconds: float = 30.0,
+    analyst: Analyst | None = None, drain_seconds: float = 30.0, prometheus_url: str | None = None,
 ) -> Outcome:
     """Bring one ModelDeployment's children and status in line with its spec.
 
     `analyst` measures a canary (Prometheus); `drain_seconds` is how long a promoted canary's predecessor stays
-    behind the route at weight 0 before it is removed."""
+    behind the route at weight 0 before it is removed; `prometheus_url` is what a KEDA autoscaler reads."""
     ns = md.metadata.namespace
     revision = revision_of(md.spec)
     writer = Writer(kube)
-    ctx = _Context(clock, converter_image, analyst, drain_seconds)
+    ctx = _Context(clock, converter_image, analyst, drain_seconds, prometheus_url)
     try:
         rolled = _roll_out(writer, md, revision, ctx)
     except _NamespaceTerminating:
@@ -147,7 +157,9 @@ def reconcile_model_deployment(
                    f"{decision.status.phase.lower()}: {decision.status.message}")
     else:
         ready = serving == revision and latest.available
-        if ready:
+        if ready and rolled.scaling is not None and rolled.scaling.scaled_to_zero:
+            reason, message = Reason.SCALED_TO_ZERO, _zero_message(md, revision, rolled.scaling)
+        elif ready:
             reason, message = Reason.AVAILABLE, f"revision {revision}: {latest.message}"
         else:
             reason, message = latest.reason, f"revision {revision}: {latest.message}"
@@ -164,7 +176,8 @@ def reconcile_model_deployment(
     stable = (
         _revision_status(serving_state, weights.get(serving_state.revision, 0),
                          rolled.repositories.get(serving_state.revision))
-        if serving_state and serving_state.ready_replicas > 0 else None
+        if serving_state and (serving_state.ready_replicas > 0 or (serving_state.available and
+                                                                   serving_state.replicas == 0)) else None
     )
     latest_traffic = weights.get(revision, 0) if (serving == revision and stable) or canary_on else 0
     status = ModelDeploymentStatus(
@@ -179,11 +192,13 @@ def reconcile_model_deployment(
         url=url_of(md),
         http_route=rolled.http_route,
         rollout=rolled.rollout,
+        scaling=rolled.scaling,
     )
     writes = writer.count + _write_status(kube, md.metadata, md.status, status)
     event = decision.reason if decision is not None and decision.event else None
     if decision is not None and decision.event:
         writes += _rollout_event(kube, md.metadata, decision)
+    writes += _cold_start_event(kube, md, rolled.scaling)
     requeue = wake_after(rolled.rollout, md.spec.rollout, clock().timestamp(), ctx.drain_seconds) if (
         md.spec.rollout is not None) else None
     log.debug("reconciled %s/%s revision=%s serving=%s writes=%d", ns, md.metadata.name, revision, serving, writes)
@@ -212,15 +227,38 @@ def _progressing_condition(conditions: list[Condition], md: ModelDeployment, rol
 
 
 def _rollout_event(kube: Kube, meta: ObjectMeta, decision: Decision) -> int:
+    return _event(kube, meta, "Warning" if decision.warning else "Normal", decision.reason, decision.event or "",
+                  "Rollout")
+
+
+def _event(kube: Kube, meta: ObjectMeta, type_: str, reason: str, note: str, action: str) -> int:
     regarding = {"apiVersion": API_VERSION, "kind": KIND,
                  "metadata": {"name": meta.name, "namespace": meta.namespace, "uid": meta.uid}}
     try:
-        kube.event(regarding, type_="Warning" if decision.warning else "Normal", reason=decision.reason,
-                   note=decision.event or "", action="Rollout")
+        kube.event(regarding, type_=type_, reason=reason, note=note, action=action)
     except ApiException as exc:  # an event is worth a try, not a failed reconcile
-        log.warning("could not record event %s for %s/%s: %s", decision.reason, meta.namespace, meta.name, exc.status)
+        log.warning("could not record event %s for %s/%s: %s", reason, meta.namespace, meta.name, exc.status)
         return 0
     return 1
+
+
+def _zero_message(md: ModelDeployment, revision: str, scaling: ScalingStatus) -> str:
+    assert md.spec.scaling is not None
+    last = (f"; the last cold start took {scaling.last_cold_start_seconds:g}s"
+            if scaling.last_cold_start_seconds is not None else "")
+    return (f"revision {revision} is scaled to zero after {md.spec.scaling.idle_period} without requests; a request "
+            f"through the gateway wakes it, and gets 503 until its first pod is ready{last}")
+
+
+def _cold_start_event(kube: Kube, md: ModelDeployment, scaling: ScalingStatus | None) -> int:
+    """One event each time the serving revision comes back from zero, with how long its first pod took."""
+    before = md.status.scaling
+    if (scaling is None or scaling.last_cold_start_seconds is None or before is None or before.woke_at is None
+            or scaling.woke_at is not None):
+        return 0
+    return _event(kube, md.metadata, "Normal", Reason.SCALED_FROM_ZERO,
+                  f"revision {scaling.target} left zero: its first pod was ready {scaling.last_cold_start_seconds:g}s "
+                  "after the autoscaler woke it", "Scale")
 
 
 def _conversion_conditions(
@@ -263,6 +301,7 @@ class _RollOut:
     note: str = ""
     rollout: RolloutStatus | None = None
     http_route: str | None = None
+    scaling: ScalingStatus | None = None
 
 
 
@@ -301,7 +340,9 @@ def _scaled(deployment: Obj, replicas: int) -> Obj:
 
 def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context) -> _RollOut:
     """Convert if asked, apply the latest revision, route traffic, point the Service at the serving one, prune."""
-    kube, ns, replicas = writer.kube, md.metadata.namespace, md.spec.serving.replicas
+    kube, ns = writer.kube, md.metadata.namespace
+    scaling = md.spec.scaling
+    replicas = md.spec.fixed_replicas if scaling is None else max(scaling.min_replicas, 1)
     now = ctx.clock().timestamp()
     by_revision = owned_children(kube, DEPLOYMENTS, md, COMPONENT_SERVER)
     service = kube.get(SERVICES, ns, service_name(md))
@@ -335,7 +376,12 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
                 raise Stop(Reason.SOURCE_UNSUPPORTED, str(exc)) from exc
             if rolled_back:  # a rolled-back canary stays scaled down until the spec changes
                 desired = _scaled(desired, 0)
-            by_revision[revision] = writer.ensure(by_revision.get(revision), desired)
+            live = by_revision.get(revision)
+            if scaling is not None and live is not None and "replicas" not in desired["spec"] and (
+                    not held_elsewhere(live)):
+                # Scaling was just turned on: hand the count over before the apply that drops it, or it resets to 1.
+                by_revision[revision] = live = set_replicas(writer, live, clamp(scaling, current_replicas(live)))
+            by_revision[revision] = writer.ensure(live, desired)
             pods = kube.list_by_labels(PODS, ns, server_selector(md, revision))
             latest = observe_revision(revision, by_revision[revision], pods, 0 if rolled_back else replicas)
 
@@ -356,6 +402,15 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
                 # The promoted canary's predecessor drains: behind the route at weight 0, then removed.
                 weights[prior.stable] = 0
                 rollout = prior
+        scaling_status = None
+        if scaling is not None and serving in by_revision:
+            following = {revision} if revision != serving and not (rolled_back or (
+                rollout is not None and rollout.phase == "RolledBack")) else set()
+            hand_over_replicas(writer, md, by_revision, serving, following)
+        if serving in by_revision or md.status.scaling is not None:
+            scaling_status = reconcile_autoscaler(writer, md, serving if serving in by_revision else None,
+                                                  serving != revision, by_revision.get(serving), ctx.prometheus_url,
+                                                  now)
         http_route = reconcile_traffic(writer, md, weights)
         writer.ensure(service, render_service(md, serving))
     except ApiException as exc:
@@ -384,7 +439,7 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
         old = by_revision[serving]
         serving_state = observe_revision(serving, old, [], int(old.get("spec", {}).get("replicas", replicas)))
     return _RollOut(latest, serving_state, conversion, repositories, weights, canary_mode, decision, note, rollout,
-                    http_route)
+                    http_route, scaling_status)
 
 
 def _failed_status(
@@ -400,7 +455,7 @@ def _failed_status(
             "conditions": conditions,
             "revisions": RevisionsStatus(
                 stable=md.status.revisions.stable if md.status.revisions else None,
-                latest=RevisionStatus(name=revision, replicas=md.spec.serving.replicas),
+                latest=RevisionStatus(name=revision, replicas=md.spec.fixed_replicas),
             ),
         }
     )

@@ -6,17 +6,23 @@ from typing import Any
 
 from modelyard.api.v1alpha1 import ModelDeployment
 from modelyard.render.conversion import render_conversion_job
+from modelyard.render.scaling import render_hpa, render_scaled_object
 from modelyard.render.triton import render_service, render_triton_deployment
 
 KEY_PLACEHOLDER = "<key>"
 """Stands for the converted repository's key, which is known once the conversion Job has run."""
 
 
-def render_children(md: ModelDeployment, revision: str, converter_image: str) -> list[dict[str, Any]]:
-    if md.spec.conversion is None:
-        return [render_triton_deployment(md, revision), render_service(md, revision)]
-    return [
-        render_conversion_job(md, revision, converter_image),
-        render_triton_deployment(md, revision, converted=KEY_PLACEHOLDER),
-        render_service(md, revision),
-    ]
+PROMETHEUS_PLACEHOLDER = "<MODELYARD_PROMETHEUS_URL>"
+"""Stands for the operator's Prometheus address where the renderer is not told it."""
+
+
+def render_children(md: ModelDeployment, revision: str, converter_image: str,
+                    prometheus_url: str | None = None) -> list[dict[str, Any]]:
+    out = [render_conversion_job(md, revision, converter_image)] if md.spec.conversion is not None else []
+    out += [render_triton_deployment(md, revision, converted=KEY_PLACEHOLDER if md.spec.conversion else None),
+            render_service(md, revision)]
+    if md.spec.scaling is not None:
+        out.append(render_hpa(md, revision) if md.spec.scaling.engine == "hpa" else
+                   render_scaled_object(md, revision, prometheus_url or PROMETHEUS_PLACEHOLDER, rolling_out=False))
+    return out

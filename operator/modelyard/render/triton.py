@@ -191,12 +191,15 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
     if serving.affinity:
         pod_spec["affinity"] = serving.affinity.model_dump(by_alias=True, exclude_none=True)
 
+    # With spec.scaling the replica count is the autoscaler's: the operator's apply leaves the field out, so that
+    # server-side apply never takes it back (modelyard.reconcile.scaling hands it over).
+    replicas = {} if md.spec.scaling is not None else {"replicas": md.spec.fixed_replicas}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": child_metadata(md, revision_object_name(md, revision), labels),
         "spec": {
-            "replicas": serving.replicas,
+            **replicas,
             "selector": {"matchLabels": pod_selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "progressDeadlineSeconds": 900,

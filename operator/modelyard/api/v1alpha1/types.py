@@ -24,6 +24,7 @@ from modelyard.api.v1alpha1.common import (
 )
 from modelyard.api.v1alpha1.conversion import Conversion
 from modelyard.api.v1alpha1.rollout import Rollout, RolloutStatus, Traffic
+from modelyard.api.v1alpha1.scaling import Scaling, ScalingStatus
 
 GROUP = "modelyard.dev"
 VERSION = "v1alpha1"
@@ -239,7 +240,10 @@ class Serving(Spec):
         pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$",
         max_length=253,
     )
-    replicas: int = Field(default=1, ge=1, le=1000, description="Triton pods for the serving revision.")
+    replicas: int | None = Field(
+        default=None, ge=1, le=1000,
+        description="Triton pods for the serving revision; 1 when unset. Leave it unset with spec.scaling: the "
+        "autoscaler sets the count.")
     max_batch_size: int = Field(
         default=8,
         ge=0,
@@ -285,6 +289,16 @@ class ModelDeploymentSpec(Spec):
                     "weights of the model's HTTPRoute",
                 ),
                 cel(
+                    "!has(self.scaling) || !has(self.serving.replicas)",
+                    "serving.replicas and scaling are mutually exclusive: with scaling, the autoscaler sets the "
+                    "replica count between scaling.minReplicas and scaling.maxReplicas",
+                ),
+                cel(
+                    "!has(self.scaling) || self.scaling.minReplicas > 0 || has(self.traffic)",
+                    "scaling.minReplicas 0 needs traffic.gateway: at zero, a request through the gateway is what "
+                    "wakes the model (its counter exists when no Triton pod does)",
+                ),
+                cel(
                     "has(self.conversion) || !self.model.uri.matches('^https?://')",
                     "an http(s):// model is fetched by the conversion stage: add a conversion section (with a "
                     "store), or publish the model as a Triton repository on pvc:// or s3://",
@@ -312,6 +326,16 @@ class ModelDeploymentSpec(Spec):
         description="How a new revision replaces the serving one: blueGreen (the default: switch once it is ready) "
         "or canary (a share of the gateway's requests in steps, measured at each; needs traffic.gateway).",
     )
+    scaling: Scaling | None = Field(
+        default=None,
+        description="Autoscale the serving revision on Triton's own metrics (queue time, pending requests, "
+        "inference rate, GPU utilisation) or your PromQL, through KEDA (down to zero) or an HPA.",
+    )
+
+    @property
+    def fixed_replicas(self) -> int:
+        """The replica count without an autoscaler: serving.replicas, 1 when unset."""
+        return self.serving.replicas if self.serving.replicas is not None else 1
 
 
 # --- status ----------------------------------------------------------------------------------------------------
@@ -348,6 +372,8 @@ class ModelDeploymentStatus(Observed):
     http_route: str | None = Field(default=None, description="The HTTPRoute the operator keeps for spec.traffic.")
     rollout: RolloutStatus | None = Field(
         default=None, description="The canary rollout in progress, or the one that ended for the latest revision.")
+    scaling: ScalingStatus | None = Field(
+        default=None, description="The autoscaler: its target revision, replicas, range and its own conditions.")
 
 
 class ObjectMeta(Observed):

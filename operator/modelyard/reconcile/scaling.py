@@ -1,0 +1,182 @@
+"""spec.scaling's reconciler: the autoscaler object, the replica count's ownership, and status.scaling.
+
+The operator never fights the autoscaler. With scaling on, its own apply of a Deployment leaves `spec.replicas`
+out, and the count is handed over through server-side apply field ownership:
+
+- A Deployment whose count nobody but the operator's main apply owns (just created, or scaling just turned on) gets
+  it from a second field manager, `modelyard-replicas`, with the count it should start at. When the main apply then
+  drops the field, the field stays: another manager owns it.
+- The autoscaler writes the target's count through the scale subresource (an Update), which takes the field from
+  `modelyard-replicas`. From then on a resync compares no replica count and writes nothing.
+- A revision that rolls out beside the target follows the target's current count (it starts where the serving
+  revision is, and keeps up while the autoscaler moves it), so that switching to it never drops capacity.
+
+The autoscaler scales the revision that serves (`target`): a KEDA ScaledObject (engine keda) or an HPA (engine
+hpa), named after the model. While another revision rolls out its minimum is at least 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from modelyard.api.conditions import Condition, Reason
+from modelyard.api.names import FIELD_MANAGER
+from modelyard.api.v1alpha1 import ModelDeployment
+from modelyard.api.v1alpha1.scaling import Scaling, ScalingStatus
+from modelyard.kube.client import HPAS, SCALED_OBJECTS, Obj, Resource
+from modelyard.reconcile.common import Stop, Writer, owned_by
+from modelyard.render.scaling import autoscaler_name, keda_hpa_name, render_hpa, render_scaled_object
+
+log = logging.getLogger(__name__)
+
+REPLICAS_MANAGER = "modelyard-replicas"
+"""The field manager that sets a Deployment's starting replica count under an autoscaler, and nothing else."""
+
+_KINDS = {"keda": ("ScaledObject", SCALED_OBJECTS), "hpa": ("HorizontalPodAutoscaler", HPAS)}
+
+
+def replicas_owners(deployment: Obj) -> set[str]:
+    """The managers that own spec.replicas, as manager/operation[/subresource]."""
+    out = set()
+    for entry in deployment.get("metadata", {}).get("managedFields") or []:
+        if "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {}):
+            out.add("/".join(p for p in (entry.get("manager", ""), entry.get("operation", ""),
+                                         entry.get("subresource", "")) if p))
+    return out
+
+
+def held_elsewhere(deployment: Obj) -> bool:
+    """Someone besides the operator's main apply owns the replica count: dropping it from that apply keeps it."""
+    return bool(replicas_owners(deployment) - {f"{FIELD_MANAGER}/Apply"})
+
+
+def current_replicas(deployment: Obj) -> int:
+    return int(deployment.get("spec", {}).get("replicas", 1))
+
+
+def clamp(scaling: Scaling, replicas: int) -> int:
+    """A starting count inside the range, never 0: a revision that starts at zero could never become ready."""
+    return min(max(replicas, scaling.min_replicas, 1), scaling.max_replicas)
+
+
+def set_replicas(writer: Writer, deployment: Obj, replicas: int) -> Obj:
+    meta = deployment["metadata"]
+    partial = {"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": meta["name"], "namespace": meta["namespace"]}, "spec": {"replicas": replicas}}
+    writer.count += 1
+    return writer.kube.apply(partial, field_manager=REPLICAS_MANAGER)
+
+
+def hand_over_replicas(writer: Writer, md: ModelDeployment, by_revision: dict[str, Obj], target: str,
+                       followers: set[str]) -> None:
+    """Give the target's count to the autoscaler, and keep each follower (a revision rolling out) at the target's
+    current count."""
+    scaling = md.spec.scaling
+    assert scaling is not None
+    deployment = by_revision.get(target)
+    if deployment is None:
+        return
+    if not held_elsewhere(deployment):
+        by_revision[target] = set_replicas(writer, deployment, clamp(scaling, current_replicas(deployment)))
+    want = clamp(scaling, current_replicas(by_revision[target]))
+    for rev in sorted(followers - {target}):
+        follower = by_revision.get(rev)
+        if follower is not None and (current_replicas(follower) != want or not held_elsewhere(follower)):
+            by_revision[rev] = set_replicas(writer, follower, want)
+
+
+def _mirror(hpa: Obj | None, scaled_object: Obj | None) -> list[Condition]:
+    """The autoscaler's own conditions, as they are: the HPA's (AbleToScale, ScalingActive, ScalingLimited), then
+    KEDA's (Ready, Active) prefixed Keda."""
+    out = []
+    for source, prefix in ((hpa, ""), (scaled_object, "Keda")):
+        for c in (source or {}).get("status", {}).get("conditions") or []:
+            if not c.get("type") or c.get("status") not in ("True", "False", "Unknown"):
+                continue
+            out.append(Condition(
+                type=f"{prefix}{c['type']}", status=c["status"], reason=c.get("reason") or "Unknown",
+                message=(c.get("message") or "")[:1024],
+                last_transition_time=c.get("lastTransitionTime") or "1970-01-01T00:00:00Z"))
+    return out
+
+
+def _metric_value(hpa: Obj | None) -> str | None:
+    for m in (hpa or {}).get("status", {}).get("currentMetrics") or []:
+        current = (m.get("external") or m.get("pods") or m.get("object") or {}).get("current", {})
+        value = current.get("value") or current.get("averageValue")
+        if value is not None:
+            return str(value)
+    return None
+
+
+def reconcile_autoscaler(writer: Writer, md: ModelDeployment, target: str | None, rolling_out: bool,
+                         target_deployment: Obj | None, prometheus_url: str | None,
+                         now: float) -> ScalingStatus | None:
+    """Apply (or remove) the autoscaler and describe it. `target`: the revision that serves, None before any."""
+    kube, ns, name = writer.kube, md.metadata.namespace, autoscaler_name(md)
+    scaling, previous = md.spec.scaling, md.status.scaling
+    engine = scaling.engine if scaling is not None else None
+    if previous is not None and previous.engine != engine:  # turned off, or the engine changed: remove the old one
+        _remove(writer, md, _KINDS[previous.engine][1] if previous.engine in _KINDS else None, name)
+    if scaling is None or target is None:
+        return None
+    kind, res = _KINDS[scaling.engine]
+    live = kube.get(res, ns, name)
+    if live is not None and not owned_by(live, md):
+        raise Stop(Reason.NAME_CONFLICT, f"{kind} {ns}/{name} exists and is not owned by this ModelDeployment; "
+                   "delete or rename it so the operator can create the model's autoscaler")
+    if scaling.engine == "keda":
+        if not prometheus_url:
+            raise Stop(Reason.PROMETHEUS_NOT_CONFIGURED, "scaling with engine keda reads Triton's metrics from "
+                       "Prometheus: set the operator's Prometheus address (chart value rollouts.prometheusUrl, "
+                       "environment MODELYARD_PROMETHEUS_URL)")
+        so = writer.ensure(live, render_scaled_object(md, target, prometheus_url, rolling_out))
+        hpa = kube.get(HPAS, ns, keda_hpa_name(md))
+    else:
+        so = None
+        hpa = writer.ensure(live, render_hpa(md, target))
+    return _status(md, scaling, kind, target, target_deployment, hpa, so, now)
+
+
+def _remove(writer: Writer, md: ModelDeployment, res: Resource | None, name: str) -> None:
+    if res is None:
+        return
+    live = writer.kube.get(res, md.metadata.namespace, name)
+    if live is not None and owned_by(live, md):
+        writer.delete(res, md.metadata.namespace, name)
+
+
+def _status(md: ModelDeployment, scaling: Scaling, kind: str, target: str, deployment: Obj | None,
+            hpa: Obj | None, so: Obj | None, now: float) -> ScalingStatus:
+    previous = md.status.scaling
+    hpa_status: dict[str, Any] = (hpa or {}).get("status", {})
+    spec_replicas = current_replicas(deployment) if deployment is not None else None
+    ready = int((deployment or {}).get("status", {}).get("readyReplicas", 0))
+    at_zero = spec_replicas == 0
+    woke_at = previous.woke_at if previous is not None and previous.target == target else None
+    cold_start = previous.last_cold_start_seconds if previous is not None else None
+    was_zero = previous is not None and previous.scaled_to_zero and previous.target == target
+    if (spec_replicas or 0) > 0 and ready == 0 and (was_zero or woke_at is not None):
+        woke_at = woke_at if woke_at is not None else now
+    elif ready > 0 and woke_at is not None:
+        cold_start, woke_at = round(now - woke_at, 1), None
+        log.info("%s/%s revision %s left zero: first pod ready after %.1fs", md.metadata.namespace,
+                 md.metadata.name, target, cold_start)
+    elif at_zero:
+        woke_at = None
+    return ScalingStatus(
+        engine=scaling.engine,
+        autoscaler=f"{kind}/{autoscaler_name(md)}",
+        target=target,
+        range=f"{scaling.min_replicas}-{scaling.max_replicas}",
+        current_replicas=spec_replicas,
+        desired_replicas=hpa_status.get("desiredReplicas", spec_replicas),
+        current_value=_metric_value(hpa),
+        last_scale_time=hpa_status.get("lastScaleTime"),
+        scaled_to_zero=at_zero,
+        woke_at=woke_at,
+        last_cold_start_seconds=cold_start,
+        conditions=_mirror(hpa, so),
+    )
+

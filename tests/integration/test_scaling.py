@@ -1,0 +1,173 @@
+"""Integration: spec.scaling against the real API server, real KEDA (operator and metrics adapter), the real HPA
+controller in kube-controller-manager and real Prometheus. Pods are kwok's here (tests/e2e has real Triton).
+
+The metric here is a custom PromQL constant (`vector(3)` with target 1 per replica asks for 3 replicas): it makes
+KEDA, the external metrics API and the HPA controller do a real scale-out without load, so that what is tested is
+the ownership of the replica count, not the load.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from helpers import model_deployment, operator_writes, ready_condition, wait_for
+from localcluster import LocalCluster
+from modelyard.api.v1alpha1 import ModelDeployment
+from modelyard.kube.client import DEPLOYMENTS, HPAS, MODEL_DEPLOYMENTS, SCALED_OBJECTS, Kube
+from modelyard.reconcile.model_deployment import Outcome, reconcile_model_deployment
+from modelyard.reconcile.scaling import REPLICAS_MANAGER, replicas_owners
+
+pytestmark = pytest.mark.integration
+
+
+def _scaled(name: str, namespace: str, replicas_wanted: int, engine: str = "keda", **scaling: Any) -> dict[str, Any]:
+    manifest = model_deployment(name, namespace)
+    manifest["spec"]["serving"].pop("replicas")
+    metric = ({"type": "custom", "query": f"vector({replicas_wanted})", "target": 1} if engine == "keda"
+              else {"type": "inferenceRate", "target": 100})
+    manifest["spec"]["scaling"] = {"engine": engine, "minReplicas": 1, "maxReplicas": 4, "metric": metric,
+                                   "pollingInterval": "5s", **scaling}
+    return manifest
+
+
+def _reconcile(cluster: LocalCluster, admin: Kube, operator: Kube, namespace: str, name: str,
+               prometheus: bool = True) -> Outcome:
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, name)
+    assert body is not None
+    return reconcile_model_deployment(operator, ModelDeployment.model_validate(body),
+                                      prometheus_url=cluster.prometheus_url if prometheus else None)
+
+
+def _deployment(admin: Kube, namespace: str, name: str, revision: str) -> dict[str, Any]:
+    found = admin.get(DEPLOYMENTS, namespace, f"{name}-{revision}")
+    assert found is not None
+    return found
+
+
+def _apply(cluster: LocalCluster, manifest: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "--server-side", "--field-manager=kubectl-user", "-f", "-", input=json.dumps(manifest))
+
+
+def test_keda_scales_the_serving_revision_and_a_resync_leaves_the_count_alone(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    _apply(cluster, _scaled("keda", namespace, replicas_wanted=3))
+    first = wait_for("Ready", lambda: ((o := _reconcile(cluster, admin, operator_kube, namespace, "keda")).ready
+                     and o) or None)
+    so = admin.get(SCALED_OBJECTS, namespace, "keda")
+    assert so is not None and so["metadata"]["ownerReferences"][0]["name"] == "keda"
+    assert so["spec"]["scaleTargetRef"]["name"] == f"keda-{first.revision}"
+    # The starting count came from modelyard-replicas (the operator's own apply leaves the field out).
+    assert REPLICAS_MANAGER + "/Apply" in replicas_owners(_deployment(admin, namespace, "keda", first.revision))
+
+    # KEDA makes its HPA; the HPA controller reads vector(3) through KEDA's external metrics API and scales to 3.
+    def scaled_by_hpa() -> dict[str, Any] | None:
+        d = _deployment(admin, namespace, "keda", first.revision)
+        return d if d["spec"]["replicas"] == 3 else None
+
+    deployment = wait_for("the HPA to scale the serving revision to 3", scaled_by_hpa, timeout=120)
+    owners = replicas_owners(deployment)
+    assert any(o.endswith("/Update/scale") for o in owners), owners
+    assert REPLICAS_MANAGER + "/Apply" not in owners, "the autoscaler's write took the field over"
+
+    # Reconcile until the status has caught up (kwok's pods ready, the HPA's next sync), then: a resync writes
+    # nothing and the count stays the HPA's.
+    def settled() -> bool | None:
+        writes = _reconcile(cluster, admin, operator_kube, namespace, "keda").writes
+        body = admin.get(MODEL_DEPLOYMENTS, namespace, "keda") or {}
+        scaling = body.get("status", {}).get("scaling", {})
+        return (writes == 0 and scaling.get("desiredReplicas") == 3 and body["status"].get("readyReplicas") == 3
+                and "ScalingActive" in {c["type"] for c in scaling.get("conditions", [])}) or None
+
+    wait_for("kwok's pods and the status to settle", settled)
+    since = len(cluster.audit_events())
+    outcome = _reconcile(cluster, admin, operator_kube, namespace, "keda")
+    assert outcome.writes == 0
+    assert operator_writes(cluster, since) == []
+    assert _deployment(admin, namespace, "keda", first.revision)["spec"]["replicas"] == 3
+
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, "keda")
+    assert body is not None
+    scaling = body["status"]["scaling"]
+    assert (scaling["engine"], scaling["autoscaler"], scaling["target"], scaling["range"]) == (
+        "keda", "ScaledObject/keda", first.revision, "1-4")
+    assert scaling["currentReplicas"] == 3 and scaling["desiredReplicas"] == 3
+    conditions = {c["type"]: c for c in scaling["conditions"]}
+    assert conditions["AbleToScale"]["status"] == "True"
+    assert conditions["ScalingActive"]["status"] == "True", conditions["ScalingActive"]
+    assert conditions["KedaReady"]["status"] == "True"
+    assert body["status"]["readyReplicas"] == 3
+    printed = cluster.kubectl("get", "mdep", "keda", "-n", namespace).stdout
+    assert "1-4" in printed.splitlines()[1], printed
+
+
+def test_turning_scaling_on_keeps_the_count_and_turning_it_off_removes_the_autoscaler(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    fixed = model_deployment("handover", namespace, replicas=2)
+    _apply(cluster, fixed)
+    first = wait_for("Ready", lambda: ((o := _reconcile(cluster, admin, operator_kube, namespace, "handover")).ready
+                     and o) or None)
+    assert _deployment(admin, namespace, "handover", first.revision)["spec"]["replicas"] == 2
+
+    # Scaling on (a query that asks for 1): the reconcile that drops replicas from the operator's apply keeps 2.
+    _apply(cluster, _scaled("handover", namespace, replicas_wanted=1,
+                            behavior={"scaleDown": {"stabilizationWindowSeconds": 0}}))
+    outcome = _reconcile(cluster, admin, operator_kube, namespace, "handover")
+    assert outcome.revision == first.revision, "scaling is not a new revision"
+    deployment = _deployment(admin, namespace, "handover", first.revision)
+    assert deployment["spec"]["replicas"] == 2, "the count was handed over, not reset to the default"
+    assert "modelyard-operator/Apply" not in replicas_owners(deployment)
+    # Then the HPA takes it where the metric says (1), at once: the behavior passed through has no scale-down window.
+    wait_for("the HPA to scale in to 1", lambda: _deployment(
+        admin, namespace, "handover", first.revision)["spec"]["replicas"] == 1 or None, timeout=120)
+
+    # Scaling off, a fixed count again: the operator owns the count and removes the ScaledObject.
+    _apply(cluster, model_deployment("handover", namespace, replicas=2))
+    _reconcile(cluster, admin, operator_kube, namespace, "handover")
+    wait_for("the ScaledObject to go", lambda: admin.get(SCALED_OBJECTS, namespace, "handover") is None or None)
+    _reconcile(cluster, admin, operator_kube, namespace, "handover")
+    assert _deployment(admin, namespace, "handover", first.revision)["spec"]["replicas"] == 2
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, "handover")
+    assert body is not None and "scaling" not in body["status"]
+
+
+def test_the_hpa_engine_makes_an_hpa_and_mirrors_what_the_hpa_controller_says(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    """No adapter here serves modelyard_triton_inference_rate (KEDA's serves only ScaledObjects' metrics): the HPA
+    controller says so on ScalingActive, and status.scaling shows its words."""
+    _apply(cluster, _scaled("hpa", namespace, replicas_wanted=0, engine="hpa", minReplicas=2))
+    first = wait_for("Ready", lambda: ((o := _reconcile(cluster, admin, operator_kube, namespace, "hpa")).ready
+                     and o) or None)
+    hpa = admin.get(HPAS, namespace, "hpa")
+    assert hpa is not None and hpa["spec"]["scaleTargetRef"]["name"] == f"hpa-{first.revision}"
+    assert hpa["spec"]["metrics"][0]["external"]["metric"]["name"] == "modelyard_triton_inference_rate"
+    assert _deployment(admin, namespace, "hpa", first.revision)["spec"]["replicas"] == 2
+
+    def inactive() -> dict[str, Any] | None:
+        _reconcile(cluster, admin, operator_kube, namespace, "hpa")
+        body = admin.get(MODEL_DEPLOYMENTS, namespace, "hpa")
+        conds = {c["type"]: c for c in (body or {}).get("status", {}).get("scaling", {}).get("conditions", [])}
+        active = conds.get("ScalingActive")
+        return active if active and active["status"] == "False" else None
+
+    active = wait_for("the HPA controller to report its metric missing", inactive, timeout=120)
+    assert active["reason"] == "FailedGetExternalMetric", active
+    assert "modelyard_triton_inference_rate" in active["message"]
+
+
+def test_keda_without_a_prometheus_address_is_a_condition_that_says_which_setting(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    _apply(cluster, _scaled("noprom", namespace, replicas_wanted=1))
+    outcome = _reconcile(cluster, admin, operator_kube, namespace, "noprom", prometheus=False)
+    assert not outcome.ready
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, "noprom")
+    cond = ready_condition(body or {})
+    assert cond is not None and cond["reason"] == "PrometheusNotConfigured", cond
+    assert "rollouts.prometheusUrl" in cond["message"]
+    assert admin.get(SCALED_OBJECTS, namespace, "noprom") is None
