@@ -11,7 +11,9 @@ set -euo pipefail
 VERSION="${MODELYARD_KEDA_VERSION:-v2.21.0}"
 cache="${MODELYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelyard}"
 out="$cache/bin/keda-$VERSION"
-have_all() { [ -x "$out/keda-operator" ] && [ -x "$out/keda-adapter" ] && [ -f "$out/crds/keda.sh_scaledobjects.yaml" ]; }
+# Every CRD of config/crd/bases: the operator waits for the eventing.keda.sh ones too, and exits without them.
+have_all() { [ -x "$out/keda-operator" ] && [ -x "$out/keda-adapter" ] && [ -f "$out/crds/keda.sh_scaledobjects.yaml" ] \
+  && [ -f "$out/crds/eventing.keda.sh_cloudeventsources.yaml" ]; }
 if have_all; then echo "$out"; exit 0; fi
 
 command -v go >/dev/null || { echo "keda: 'go' is required to build KEDA and was not found" >&2; exit 1; }
@@ -39,7 +41,7 @@ for part in operator adapter; do
   fi
 done
 rm -rf "$out/crds.tmp" && mkdir "$out/crds.tmp"
-cp "$src"/config/crd/bases/keda.sh_*.yaml "$out/crds.tmp/"
+cp "$src"/config/crd/bases/*.yaml "$out/crds.tmp/"
 rm -rf "$out/crds" && mv "$out/crds.tmp" "$out/crds"
 have_all || { echo "keda: finished but parts are missing in $out" >&2; exit 1; }
 echo "keda: ready in $(( $(date +%s) - start ))s" >&2

@@ -541,7 +541,7 @@ class LocalCluster:
         aggregator resolves it to https://localhost:<port>); the two talk mutual-TLS gRPC with one local pair."""
         home = find_keda()
         self.kubectl("apply", "--server-side", "-f", str(home / "crds"))
-        self.wait_established("scaledobjects.keda.sh")
+        self.wait_established("scaledobjects.keda.sh", "cloudeventsources.eventing.keda.sh")
         certs = self.workdir / "keda-certs"
         certs.mkdir(exist_ok=True)
         _Pki.reissue_into(self.pki, certs)

@@ -152,7 +152,7 @@ def test_queue_time_scales_out_under_load_back_in_then_to_zero_and_a_request_wak
     cluster: LocalCluster, admin: Kube, operator_process: OperatorProcess, namespace: str, models: Path,
     recorder: Recorder,
 ) -> None:
-    load = deploy(cluster, admin, operator_process, namespace, min_replicas=0, max_replicas=3, rate=20)
+    load = deploy(cluster, admin, operator_process, namespace, min_replicas=1, max_replicas=3, rate=20)
     assert recorder.sample().replicas == 1
 
     t0 = time.time()
@@ -168,8 +168,11 @@ def test_queue_time_scales_out_under_load_back_in_then_to_zero_and_a_request_wak
     finally:
         answers = load.stop()
     t_stop = time.time()
-    t_in = recorder.first("scale-in after the load stops", t_stop, lambda s: 0 <= s.replicas <= 1)
-    t_zero = recorder.first("scale to zero when idle", t_stop, lambda s: s.replicas == 0 and s.ready == 0)
+    t_in = recorder.first("scale-in after the load stops", t_stop, lambda s: s.replicas == 1)
+    # minReplicas 0 now (not a new revision): idle for idlePeriod, the model goes to zero.
+    t_min0 = time.time()
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest(namespace, "v1", min_replicas=0, max_replicas=3)))
+    t_zero = recorder.first("scale to zero when idle", t_min0, lambda s: s.replicas == 0 and s.ready == 0)
     wait_for("Ready=True ScaledToZero", lambda: ready_reason(admin, namespace) == ("True", "ScaledToZero") or None,
              timeout=30)
 
@@ -194,12 +197,13 @@ def test_queue_time_scales_out_under_load_back_in_then_to_zero_and_a_request_wak
           f"  3 replicas asked for  t={t_desired - t0:6.1f}s ({(t_desired - t0) / HPA_SYNC:.1f} sync periods)\n"
           f"  3 replicas ready      t={t_ready - t0:6.1f}s\n"
           f"  load stopped          t={t_stop - t0:6.1f}s ({ok}/{len(answers)} requests answered 200)\n"
-          f"  back to <= 1 replica  t={t_in - t0:6.1f}s\n"
+          f"  back to 1 replica     t={t_in - t0:6.1f}s\n"
+          f"  minReplicas 0 applied t={t_min0 - t0:6.1f}s\n"
           f"  scaled to zero        t={t_zero - t0:6.1f}s (idlePeriod 20s)\n"
           f"  first request at zero -> first success: {first_success - first_request:.1f}s "
           f"({len(statuses) - 1} requests before it, statuses {sorted(set(statuses))})\n"
           f"  the operator's cold start (left zero -> first pod ready): {cold}s")
-    assert t0 < t_desired <= t_ready < t_stop < t_in <= t_zero < first_request < first_success
+    assert t0 < t_desired <= t_ready < t_stop < t_in < t_min0 < t_zero < first_request < first_success
     assert set(statuses[:-1]) <= {502, 503}, f"before the first pod, the gateway says it has none: {statuses}"
     names = [e["reason"] for e in json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)
              ["items"] if e["involvedObject"]["name"] == NAME]

@@ -3,14 +3,20 @@ the replica count's hand-over, and the local checks that mirror the CEL rules.""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
+from modelyard.api.v1alpha1 import ModelDeployment
 from modelyard.api.v1alpha1.scaling import Scaling, ScalingMetric
-from modelyard.reconcile.scaling import clamp, held_elsewhere, replicas_owners
+from modelyard.reconcile.scaling import autoscaled, clamp, replicas_owners
 from modelyard.render.scaling import min_replicas, number, scaling_query
+from modelyard.render.triton import render_triton_deployment
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SEL = '{namespace="ml",modeldeployment="resnet",revision="abc"}'
 
@@ -68,25 +74,37 @@ def _entry(manager: str, operation: str, replicas: bool, subresource: str | None
 
 OWNERSHIP = [
     ("created by the operator's apply without a count: nobody owns the default", [
-        _entry("modelyard-operator", "Apply", False)], set(), False),
+        _entry("modelyard-operator", "Apply", False)], set()),
     ("a fixed count, the operator's apply owns it", [
-        _entry("modelyard-operator", "Apply", True)], {"modelyard-operator/Apply"}, False),
+        _entry("modelyard-operator", "Apply", True)], {"modelyard-operator/Apply"}),
     ("handed over to modelyard-replicas", [
         _entry("modelyard-operator", "Apply", False), _entry("modelyard-replicas", "Apply", True)],
-     {"modelyard-replicas/Apply"}, True),
+     {"modelyard-replicas/Apply"}),
     ("scaled by the HPA through the scale subresource", [
         _entry("modelyard-operator", "Apply", False), _entry("kube-controller-manager", "Update", True, "scale")],
-     {"kube-controller-manager/Update/scale"}, True),
+     {"kube-controller-manager/Update/scale"}),
 ]
 
 
-@pytest.mark.parametrize(("case", "entries", "owners", "elsewhere"), OWNERSHIP, ids=[c[0][:40] for c in OWNERSHIP])
+@pytest.mark.parametrize(("case", "entries", "owners"), OWNERSHIP, ids=[c[0][:40] for c in OWNERSHIP])
 def test_who_owns_the_replica_count_is_read_from_managed_fields(
-    case: str, entries: list[dict[str, Any]], owners: set[str], elsewhere: bool
+    case: str, entries: list[dict[str, Any]], owners: set[str]
 ) -> None:
-    deployment = {"metadata": {"managedFields": entries}, "spec": {"replicas": 2}}
-    assert replicas_owners(deployment) == owners
-    assert held_elsewhere(deployment) is elsewhere
+    assert replicas_owners({"metadata": {"managedFields": entries}, "spec": {"replicas": 2}}) == owners
+
+
+def test_the_operators_apply_marks_a_deployment_whose_count_is_the_autoscalers() -> None:
+    """The mark, not field ownership, says whether the count was handed over: KEDA's write to zero leaves the field
+    with no owner at all (seen on the real API server), so ownership cannot tell "handed over" from "never"."""
+    doc = yaml.safe_load((ROOT / "examples" / "autoscaling" / "resnet-keda.yaml").read_text())
+    doc["metadata"]["uid"] = "u"
+    md = ModelDeployment.model_validate(doc)
+    deployment = render_triton_deployment(md, "abc")
+    assert "replicas" not in deployment["spec"] and autoscaled(deployment)
+    doc["spec"].pop("scaling")
+    doc["spec"]["scaling"] = None
+    fixed = render_triton_deployment(ModelDeployment.model_validate(doc), "abc")
+    assert fixed["spec"]["replicas"] == 1 and not autoscaled(fixed)
 
 
 @pytest.mark.parametrize(("fields", "message"), [

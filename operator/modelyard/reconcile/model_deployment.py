@@ -47,10 +47,10 @@ from modelyard.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, Kube, Obj
 from modelyard.reconcile.common import Stop, Writer, owned_by, owned_children
 from modelyard.reconcile.rollout import Analyst, observe_canary
 from modelyard.reconcile.scaling import (
+    autoscaled,
     clamp,
     current_replicas,
-    hand_over_replicas,
-    held_elsewhere,
+    follow_target,
     reconcile_autoscaler,
     set_replicas,
 )
@@ -377,11 +377,15 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
             if rolled_back:  # a rolled-back canary stays scaled down until the spec changes
                 desired = _scaled(desired, 0)
             live = by_revision.get(revision)
-            if scaling is not None and live is not None and "replicas" not in desired["spec"] and (
-                    not held_elsewhere(live)):
+            if scaling is not None and live is not None and not rolled_back and not autoscaled(live):
                 # Scaling was just turned on: hand the count over before the apply that drops it, or it resets to 1.
-                by_revision[revision] = live = set_replicas(writer, live, clamp(scaling, current_replicas(live)))
+                live = set_replicas(writer, live, clamp(scaling, current_replicas(live)))
             by_revision[revision] = writer.ensure(live, desired)
+            if scaling is not None and live is None:
+                # A new revision starts where the serving one is (the operator's apply left the count out).
+                serving_now = by_revision.get(selected or "")
+                start = current_replicas(serving_now) if serving_now is not None else scaling.min_replicas
+                by_revision[revision] = set_replicas(writer, by_revision[revision], clamp(scaling, start))
             pods = kube.list_by_labels(PODS, ns, server_selector(md, revision))
             latest = observe_revision(revision, by_revision[revision], pods, 0 if rolled_back else replicas)
 
@@ -406,11 +410,14 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
         if scaling is not None and serving in by_revision:
             following = {revision} if revision != serving and not (rolled_back or (
                 rollout is not None and rollout.phase == "RolledBack")) else set()
-            hand_over_replicas(writer, md, by_revision, serving, following)
+            follow_target(writer, md, by_revision, serving, following)
         if serving in by_revision or md.status.scaling is not None:
+            # Nothing scales to zero while a revision rolls out, nor before the first one was ever available.
+            recorded = md.status.revisions.stable if md.status.revisions else None
+            never_served = not latest.available and (recorded is None or recorded.name != revision)
+            rolling_out = serving != revision or never_served
             scaling_status = reconcile_autoscaler(writer, md, serving if serving in by_revision else None,
-                                                  serving != revision, by_revision.get(serving), ctx.prometheus_url,
-                                                  now)
+                                                  rolling_out, by_revision.get(serving), ctx.prometheus_url, now)
         http_route = reconcile_traffic(writer, md, weights)
         writer.ensure(service, render_service(md, serving))
     except ApiException as exc:

@@ -1,18 +1,21 @@
-"""spec.scaling's reconciler: the autoscaler object, the replica count's ownership, and status.scaling.
+"""spec.scaling's reconciler: the autoscaler object, the replica count's hand-over, and status.scaling.
 
 The operator never fights the autoscaler. With scaling on, its own apply of a Deployment leaves `spec.replicas`
-out, and the count is handed over through server-side apply field ownership:
+out and marks the Deployment `modelyard.dev/replicas: autoscaler`. The count is written, by a second field manager
+(`modelyard-replicas`), only:
 
-- A Deployment whose count nobody but the operator's main apply owns (just created, or scaling just turned on) gets
-  it from a second field manager, `modelyard-replicas`, with the count it should start at. When the main apply then
-  drops the field, the field stays: another manager owns it.
-- The autoscaler writes the target's count through the scale subresource (an Update), which takes the field from
-  `modelyard-replicas`. From then on a resync compares no replica count and writes nothing.
-- A revision that rolls out beside the target follows the target's current count (it starts where the serving
-  revision is, and keeps up while the autoscaler moves it), so that switching to it never drops capacity.
+- when scaling is turned on for a Deployment that had a fixed count (no mark yet): the current count, inside the
+  range, before the apply that drops the field, so that the field is not reset to its default of 1;
+- when a new revision's Deployment is created: the serving revision's current count (inside the range);
+- while a revision rolls out beside the target: it follows the target's current count, so that switching to it
+  never drops capacity.
+
+The autoscaler (the HPA controller, and KEDA at zero) writes the target's count through the scale subresource; the
+operator never writes the target's count after the hand-over, and a resync compares none, so it makes no write.
 
 The autoscaler scales the revision that serves (`target`): a KEDA ScaledObject (engine keda) or an HPA (engine
-hpa), named after the model. While another revision rolls out its minimum is at least 1.
+hpa), named after the model. While another revision rolls out, or before the first one is available, its minimum
+is at least 1.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import logging
 from typing import Any
 
 from modelyard.api.conditions import Condition, Reason
-from modelyard.api.names import FIELD_MANAGER
+from modelyard.api.names import ANNOTATION_REPLICAS
 from modelyard.api.v1alpha1 import ModelDeployment
 from modelyard.api.v1alpha1.scaling import Scaling, ScalingStatus
 from modelyard.kube.client import HPAS, SCALED_OBJECTS, Obj, Resource
@@ -37,7 +40,7 @@ _KINDS = {"keda": ("ScaledObject", SCALED_OBJECTS), "hpa": ("HorizontalPodAutosc
 
 
 def replicas_owners(deployment: Obj) -> set[str]:
-    """The managers that own spec.replicas, as manager/operation[/subresource]."""
+    """The managers that own spec.replicas, as manager/operation[/subresource] (for diagnostics and tests)."""
     out = set()
     for entry in deployment.get("metadata", {}).get("managedFields") or []:
         if "f:replicas" in (entry.get("fieldsV1") or {}).get("f:spec", {}):
@@ -46,9 +49,10 @@ def replicas_owners(deployment: Obj) -> set[str]:
     return out
 
 
-def held_elsewhere(deployment: Obj) -> bool:
-    """Someone besides the operator's main apply owns the replica count: dropping it from that apply keeps it."""
-    return bool(replicas_owners(deployment) - {f"{FIELD_MANAGER}/Apply"})
+def autoscaled(deployment: Obj) -> bool:
+    """The operator's apply already leaves this Deployment's count to the autoscaler."""
+    annotations: dict[str, str] = deployment.get("metadata", {}).get("annotations") or {}
+    return annotations.get(ANNOTATION_REPLICAS) == "autoscaler"
 
 
 def current_replicas(deployment: Obj) -> int:
@@ -61,6 +65,7 @@ def clamp(scaling: Scaling, replicas: int) -> int:
 
 
 def set_replicas(writer: Writer, deployment: Obj, replicas: int) -> Obj:
+    """Write the count with the `modelyard-replicas` field manager (never the operator's main apply)."""
     meta = deployment["metadata"]
     partial = {"apiVersion": "apps/v1", "kind": "Deployment",
                "metadata": {"name": meta["name"], "namespace": meta["namespace"]}, "spec": {"replicas": replicas}}
@@ -68,21 +73,17 @@ def set_replicas(writer: Writer, deployment: Obj, replicas: int) -> Obj:
     return writer.kube.apply(partial, field_manager=REPLICAS_MANAGER)
 
 
-def hand_over_replicas(writer: Writer, md: ModelDeployment, by_revision: dict[str, Obj], target: str,
-                       followers: set[str]) -> None:
-    """Give the target's count to the autoscaler, and keep each follower (a revision rolling out) at the target's
-    current count."""
+def follow_target(writer: Writer, md: ModelDeployment, by_revision: dict[str, Obj], target: str,
+                  followers: set[str]) -> None:
+    """Keep each revision rolling out beside the target at the target's current count (inside the range)."""
     scaling = md.spec.scaling
     assert scaling is not None
-    deployment = by_revision.get(target)
-    if deployment is None:
+    if target not in by_revision:
         return
-    if not held_elsewhere(deployment):
-        by_revision[target] = set_replicas(writer, deployment, clamp(scaling, current_replicas(deployment)))
     want = clamp(scaling, current_replicas(by_revision[target]))
     for rev in sorted(followers - {target}):
         follower = by_revision.get(rev)
-        if follower is not None and (current_replicas(follower) != want or not held_elsewhere(follower)):
+        if follower is not None and current_replicas(follower) != want:
             by_revision[rev] = set_replicas(writer, follower, want)
 
 

@@ -16,20 +16,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from modelyard.api.names import (
-    HTTP_PORT,
-    child_metadata,
-    common_labels,
-    revision_object_name,
-    traefik_backend,
-)
+from modelyard.api.names import child_metadata, common_labels, revision_object_name, service_name
 from modelyard.api.v1alpha1 import ModelDeployment
 from modelyard.api.v1alpha1.rollout import seconds
 from modelyard.api.v1alpha1.scaling import Scaling, ScalingMetric
 
 KEDA_API_VERSION = "keda.sh/v1alpha1"
 GATEWAY_TRIGGER = "gateway-requests"
-"""The ScaledObject trigger that wakes a model at zero: the gateway counts requests for a revision with no pod."""
+"""The ScaledObject trigger that wakes a model at zero: the gateway counts requests for a model with no pod."""
 GATEWAY_THRESHOLD = "1000000"
 """Its per-replica target: so high that it never asks for more than one replica; the Triton metric scales."""
 
@@ -72,11 +66,12 @@ def scaling_query(metric: ScalingMetric, namespace: str, modeldeployment: str, r
     return ScalingQuery(query, metric.target_type or "AverageValue")
 
 
-def gateway_request_rate(md: ModelDeployment, revision: str, window: str) -> str:
-    """Requests per second the gateway sent, or tried to send, to a revision's backend Service: Traefik counts
-    them while the revision has no pod (503), so this series exists at zero."""
-    backend = traefik_backend(md.metadata.namespace, revision_object_name(md, revision), HTTP_PORT)
-    return f'sum(rate(traefik_service_requests_total{{service="{backend}"}}[{window}]))'
+def gateway_request_rate(md: ModelDeployment, window: str) -> str:
+    """Requests per second through the model's HTTPRoute, as Traefik's router counts them: a request that finds no
+    pod behind the route (503) is counted too, so this series exists at zero. (Traefik's per-backend counter does not
+    count a backend without endpoints.) Traefik names the route's routers httproute-<namespace>-<route>-gw-..."""
+    router = f"httproute-{md.metadata.namespace}-{service_name(md)}-gw-.+"
+    return f'sum(rate(traefik_router_requests_total{{router=~"{router}"}}[{window}]))'
 
 
 def number(value: float) -> str:
@@ -125,8 +120,7 @@ def render_scaled_object(md: ModelDeployment, target: str, prometheus_url: str, 
             "type": "prometheus",
             "name": GATEWAY_TRIGGER,
             "metricType": "AverageValue",
-            "metadata": {"serverAddress": prometheus_url, "query": gateway_request_rate(md, target,
-                                                                                        scaling.metric.window),
+            "metadata": {"serverAddress": prometheus_url, "query": gateway_request_rate(md, scaling.metric.window),
                          "threshold": GATEWAY_THRESHOLD, "activationThreshold": "0"},
         })
     hpa: dict[str, Any] = {"name": keda_hpa_name(md)}

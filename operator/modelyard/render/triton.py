@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelyard.api.names import (
+    ANNOTATION_REPLICAS,
     GRPC_PORT,
     HTTP_PORT,
     LABEL_METRICS,
@@ -194,10 +195,13 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
     # With spec.scaling the replica count is the autoscaler's: the operator's apply leaves the field out, so that
     # server-side apply never takes it back (modelyard.reconcile.scaling hands it over).
     replicas = {} if md.spec.scaling is not None else {"replicas": md.spec.fixed_replicas}
+    metadata = child_metadata(md, revision_object_name(md, revision), labels)
+    if md.spec.scaling is not None:
+        metadata["annotations"] = {ANNOTATION_REPLICAS: "autoscaler"}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": child_metadata(md, revision_object_name(md, revision), labels),
+        "metadata": metadata,
         "spec": {
             **replicas,
             "selector": {"matchLabels": pod_selector},

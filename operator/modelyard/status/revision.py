@@ -92,6 +92,9 @@ def observe_revision(revision: str, deployment: Obj | None, pods: list[Obj], des
         and int(status.get("replicas", 0)) == spec_replicas
     )
     counts = f"{ready}/{spec_replicas} replicas ready"
+    if spec_replicas == 0:
+        # Scaled to zero (an autoscaler, or a rolled-back canary): nothing to wait for, whatever the status says yet.
+        return RevisionState(revision, 0, ready, True, Reason.AVAILABLE, "scaled to 0 replicas")
     if available:
         return RevisionState(revision, spec_replicas, ready, True, Reason.AVAILABLE, counts)
     problem = _pod_problem(pods)
