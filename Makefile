@@ -82,6 +82,10 @@ kind-e2e: ## The same on kind, for machines with Docker (not run in CI)
 bench: venv ## Benchmarks: ratios measured in one run (bench/convert.py)
 	$(BIN)/python bench/convert.py
 
+.PHONY: bench-autoscale
+bench-autoscale: venv control-plane prometheus gateway keda ## Autoscaling on real load: reaction, provisioning against an oracle, cold start (bench/autoscale.py)
+	$(BIN)/python bench/autoscale.py
+
 .PHONY: bench-rollout
 bench-rollout: venv control-plane prometheus gateway keda ## Canary rollback on live traffic, in analysis intervals (bench/rollout.py)
 	$(BIN)/python bench/rollout.py

@@ -16,12 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,60 +26,38 @@ sys.path[:0] = [str(ROOT / "hack"), str(ROOT / "tests")]  # as pytest orders the
 
 
 def main() -> int:
+    from benchcluster import local_operator
+
     from canary.load import Load
     from canary.scenario import INTERVAL, NAME, manifest, provision_models
     from helpers import wait_for
-    from localcluster import LocalCluster, free_port, operator_rbac
-    from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube, load_api_client
+    from modelyard.kube.client import MODEL_DEPLOYMENTS
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rate", type=float, default=20.0, help="requests per second through the gateway")
     args = parser.parse_args()
     weight, fail_percent = 20, 40
 
-    with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp:
-        work = Path(tmp)
-        cluster = LocalCluster(work / "cluster").start()
-        operator = None
-        try:
-            crd = ROOT / "crds" / "modelyard.dev_modeldeployments.yaml"
-            cluster.kubectl("apply", "-f", str(crd))
-            cluster.wait_established("modeldeployments.modelyard.dev")
-            cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                  "items": operator_rbac()}))
-            env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig), "MODELYARD_RESYNC_SECONDS": "10",
-                   "MODELYARD_METRICS_PORT": str(free_port()), "MODELYARD_PROMETHEUS_URL": cluster.prometheus_url,
-                   "MODELYARD_DRAIN_SECONDS": "5"}
-            log = open(work / "operator.log", "wb")  # noqa: SIM115 - open for the operator's whole life
-            operator = subprocess.Popen([sys.executable, "-m", "modelyard", "--liveness="], env=env, stdout=log,
-                                        stderr=subprocess.STDOUT)
-            namespace = f"bench-{uuid.uuid4().hex[:6]}"
-            cluster.kubectl("create", "namespace", namespace)
-            (work / "models").mkdir()
-            provision_models(cluster, namespace, work / "models")
-            admin = Kube(load_api_client(str(cluster.kubeconfig)), field_manager="modelyard-bench")
+    with tempfile.TemporaryDirectory(prefix="modelyard-bench-") as tmp, local_operator(Path(tmp)) as bench:
+        cluster, admin, namespace = bench.cluster, bench.admin, bench.namespace
+        provision_models(cluster, namespace, bench.work / "models")
 
-            def rollout() -> dict[str, object]:
-                body = admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}
-                return dict(body.get("status", {}).get("rollout") or {})
+        def rollout() -> dict[str, object]:
+            body = admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}
+            return dict(body.get("status", {}).get("rollout") or {})
 
-            load = Load(cluster.gateway_url, f"{NAME}.{namespace}.local", rate=args.rate, workers=32)
-            cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest(namespace, "v1")))
-            wait_for("the stable revision to answer", lambda: load.ask().who == "v1", timeout=300, interval=1)
-            load.start()
-            time.sleep(5)
-            began = time.time()
-            canary = manifest(namespace, "failing", steps=[{"setWeight": weight}, {"setWeight": 50}])
-            cluster.kubectl("apply", "-f", "-", input=json.dumps(canary))
-            ended = wait_for("the canary to be rolled back", lambda: (r := rollout()).get("phase") == "RolledBack"
-                             and r, timeout=300, interval=0.5)
-            time.sleep(5)
-            answers = [a for a in load.stop() if a.at >= began]
-        finally:
-            if operator is not None:
-                operator.terminate()
-                operator.wait(timeout=30)
-            cluster.stop()
+        load = Load(cluster.gateway_url, f"{NAME}.{namespace}.local", rate=args.rate, workers=32)
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest(namespace, "v1")))
+        wait_for("the stable revision to answer", lambda: load.ask().who == "v1", timeout=300, interval=1)
+        load.start()
+        time.sleep(5)
+        began = time.time()
+        canary = manifest(namespace, "failing", steps=[{"setWeight": weight}, {"setWeight": 50}])
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(canary))
+        ended = wait_for("the canary to be rolled back", lambda: (r := rollout()).get("phase") == "RolledBack"
+                         and r, timeout=300, interval=0.5)
+        time.sleep(5)
+        answers = [a for a in load.stop() if a.at >= began]
 
     failed = [a for a in answers if a.status != 200]
     if not failed:

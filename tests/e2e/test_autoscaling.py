@@ -8,103 +8,31 @@ Times are recorded and printed, never asserted: what is asserted is what happene
 
 from __future__ import annotations
 
-import contextlib
 import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from autoscale.scenario import NAME, Recorder, manifest, per_pod_requests, provision_models, status
 from canary.load import Load
-from canary.repositories import write_repository
-from helpers import bound_claim, model_deployment, wait_for
-from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
-from modelyard.kube.client import DEPLOYMENTS, MODEL_DEPLOYMENTS, SCALED_OBJECTS, SERVICES, Kube
-from processkubelet.kubelet import ON_PROCESS_NODE
+from helpers import wait_for
+from localcluster import LocalCluster
+from modelyard.kube.client import DEPLOYMENTS, SCALED_OBJECTS, Kube
 
 from .conftest import OperatorProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.triton]
 
-NAME = "scaled"
 HPA_SYNC = 5.0
 """The local cluster's --horizontal-pod-autoscaler-sync-period, in seconds."""
 
 
 @pytest.fixture
 def models(cluster: LocalCluster, namespace: str, tmp_path: Path) -> Path:
-    bound_claim(cluster, namespace, "models", tmp_path, "ReadOnlyMany")
-    write_repository(tmp_path, "v1", delay_ms=100)
-    write_repository(tmp_path, "v2", delay_ms=100)
+    provision_models(cluster, namespace, tmp_path)
     return tmp_path
-
-
-def manifest(namespace: str, identity: str, min_replicas: int, max_replicas: int) -> dict[str, Any]:
-    m = model_deployment(NAME, namespace, gpus=0, **ON_PROCESS_NODE)
-    m["spec"]["serving"].pop("replicas")
-    m["spec"]["model"] = {"uri": f"pvc://models/{identity}", "format": "onnx"}
-    m["spec"]["traffic"] = {"gateway": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
-                                        "hostnames": [f"{NAME}.{namespace}.local"]}}
-    m["spec"]["scaling"] = {
-        "minReplicas": min_replicas, "maxReplicas": max_replicas,
-        "metric": {"type": "queueTime", "target": 50, "window": "10s"},
-        "idlePeriod": "20s", "pollingInterval": "2s",
-        "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0},
-                     "scaleDown": {"stabilizationWindowSeconds": 10,
-                                   "policies": [{"type": "Percent", "value": 100, "periodSeconds": 5}]}},
-    }
-    return m
-
-
-@dataclass
-class Sample:
-    at: float
-    serving: str
-    replicas: int
-    ready: int
-    desired: int | None
-
-
-@dataclass
-class Recorder:
-    """Samples the serving revision (the one the model's Service selects) twice a second."""
-
-    admin: Kube
-    namespace: str
-    samples: list[Sample] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def start(self) -> Recorder:
-        threading.Thread(target=self._run, daemon=True).start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            with contextlib.suppress(Exception):  # a sample lost to a passing API error is a gap, not a failure
-                self.samples.append(self.sample())
-            time.sleep(0.5)
-
-    def sample(self) -> Sample:
-        svc = self.admin.get(SERVICES, self.namespace, NAME) or {}
-        rev = svc.get("spec", {}).get("selector", {}).get("modelyard.dev/revision", "")
-        dep = self.admin.get(DEPLOYMENTS, self.namespace, f"{NAME}-{rev}") or {}
-        md = self.admin.get(MODEL_DEPLOYMENTS, self.namespace, NAME) or {}
-        return Sample(time.time(), rev, int(dep.get("spec", {}).get("replicas", -1)),
-                      int(dep.get("status", {}).get("readyReplicas", 0)),
-                      (md.get("status", {}).get("scaling") or {}).get("desiredReplicas"))
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def first(self, what: str, since: float, test: Any, timeout: float = 240) -> float:
-        """When a sample first passed `test` after `since` (waits for it)."""
-        def probe() -> float | None:
-            return next((s.at for s in list(self.samples) if s.at >= since and test(s)), None)
-        return wait_for(what, probe, timeout=timeout, interval=0.5)
 
 
 @pytest.fixture
@@ -112,10 +40,6 @@ def recorder(admin: Kube, namespace: str) -> Iterator[Recorder]:
     rec = Recorder(admin, namespace).start()
     yield rec
     rec.stop()
-
-
-def status(admin: Kube, namespace: str) -> dict[str, Any]:
-    return (admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}).get("status", {})
 
 
 def ready_reason(admin: Kube, namespace: str) -> tuple[str, str]:
@@ -126,13 +50,6 @@ def ready_reason(admin: Kube, namespace: str) -> tuple[str, str]:
 def diagnose(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorProcess) -> str:
     return (f"status: {json.dumps(status(admin, namespace), indent=1)}\noperator:\n{op.log_tail(2500)}\n"
             f"keda:\n{cluster.log_tail('keda-operator', 2500)}\n{cluster.container_logs(namespace, 1500)}")
-
-
-def per_pod_requests(cluster: LocalCluster, namespace: str, window: str = "15s") -> dict[str, float]:
-    rows = cluster.prometheus_query(
-        f'sum by (pod) (increase(nv_inference_request_success{{namespace="{namespace}",modeldeployment="{NAME}"}}'
-        f"[{window}]))")
-    return {r["metric"]["pod"]: float(r["value"][1]) for r in rows}
 
 
 def deploy(cluster: LocalCluster, admin: Kube, op: OperatorProcess, namespace: str, min_replicas: int,
@@ -236,7 +153,8 @@ def test_a_rollout_under_load_keeps_the_serving_count_and_the_autoscaler_ends_on
     failed = [a for a in answers if a.at >= t_roll and a.status != 200]
     print(f"\nrollout under load (15 req/s): 2 ready at t={t_two - t_roll:.1f}s before the change; the new revision "
           f"served {t_new - t_roll:.1f}s after it; lowest ready count of the serving revision meanwhile: {lowest}; "
-          f"{len(failed)} failed requests of {len([a for a in answers if a.at >= t_roll])} after the change")
+          f"{len(failed)} failed requests of {len([a for a in answers if a.at >= t_roll])} after the change "
+          f"{sorted({(a.status, a.detail[:60]) for a in failed})}")
     assert lowest >= 2, [(round(s.at - t_roll, 1), s.serving, s.ready) for s in during if s.ready < 2]
     assert so["spec"]["scaleTargetRef"]["name"] == f"{NAME}-{new}"
     assert so["spec"]["minReplicaCount"] == 1

@@ -25,9 +25,11 @@ __all__ = ["store"]  # fixtures
 warnings.filterwarnings("ignore")
 
 def reconcile(admin: Kube, operator: Kube, namespace: str, name: str) -> Outcome:
+    """Without a drain period: a replaced revision (and its conversion Job) goes as soon as the new one serves
+    (the drain itself is tested in test_model_deployment_api)."""
     body = admin.get(MODEL_DEPLOYMENTS, namespace, name)
     assert body is not None
-    return reconcile_model_deployment(operator, ModelDeployment.model_validate(body))
+    return reconcile_model_deployment(operator, ModelDeployment.model_validate(body), drain_seconds=0)
 
 
 def test_converted_validated_then_ready_and_a_bad_model_leaves_the_serving_revision(

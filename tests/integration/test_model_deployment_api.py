@@ -7,6 +7,7 @@ operator process itself.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from modelyard.api.names import FIELD_MANAGER, LABEL_REVISION, revision_of
 from modelyard.api.v1alpha1 import ModelDeployment
 from modelyard.kube.client import DEPLOYMENTS, HTTP_ROUTES, MODEL_DEPLOYMENTS, SERVICES, Kube
 from modelyard.reconcile.model_deployment import Outcome, reconcile_model_deployment
+from modelyard.status.conditions import utc_now
 
 pytestmark = pytest.mark.integration
 
@@ -333,12 +335,21 @@ def test_spec_update_rolls_out_a_new_revision_and_prunes_the_old(
     if not outcome.ready:
         assert outcome.serving == first
         assert admin.get(DEPLOYMENTS, namespace, f"roll-{first}") is not None
-    reconcile_until_ready(admin, operator_kube, namespace, "roll")
-    assert admin.get(DEPLOYMENTS, namespace, f"roll-{first}") is None
+    switched = reconcile_until_ready(admin, operator_kube, namespace, "roll")
     service = admin.get(SERVICES, namespace, "roll")
     assert service is not None and service["spec"]["selector"][LABEL_REVISION] == second
     after = admin.get(MODEL_DEPLOYMENTS, namespace, "roll")
     assert after is not None and after["status"]["revisions"]["stable"]["name"] == second
+    # The replaced revision drains (no longer selected, still running) for the drain period, then goes; the
+    # operator asks to be woken when the drain ends.
+    assert after["status"]["revisions"]["retired"]["name"] == first
+    assert admin.get(DEPLOYMENTS, namespace, f"roll-{first}") is not None
+    assert switched.requeue_after is not None and 0 < switched.requeue_after <= 30
+    drained = ModelDeployment.model_validate(after)
+    reconcile_model_deployment(operator_kube, drained, clock=lambda: utc_now() + timedelta(seconds=31))
+    assert admin.get(DEPLOYMENTS, namespace, f"roll-{first}") is None
+    gone = admin.get(MODEL_DEPLOYMENTS, namespace, "roll")
+    assert gone is not None and "retired" not in gone["status"]["revisions"]
 
 
 def test_operator_never_writes_the_spec(
@@ -430,6 +441,12 @@ def test_traffic_through_a_gateway_blue_green_and_its_removal(
     apply(cluster, manifest)
     second = reconcile_until_ready(admin, operator_kube, namespace, "routed")
     assert second.revision != first.revision
+    # The replaced revision stays behind the route at weight 0 while it drains, then goes with its Service.
+    assert backends() == {f"routed-{second.revision}": 100, f"routed-{first.revision}": 0}
+    assert revision_services() == sorted([f"routed-{first.revision}", f"routed-{second.revision}"])
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, "routed") or {}
+    reconcile_model_deployment(operator_kube, ModelDeployment.model_validate(body),
+                               clock=lambda: utc_now() + timedelta(seconds=31))
     assert backends() == {f"routed-{second.revision}": 100}
     assert revision_services() == [f"routed-{second.revision}"]
 

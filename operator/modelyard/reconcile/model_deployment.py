@@ -38,6 +38,7 @@ from modelyard.api.v1alpha1 import (
     ModelDeployment,
     ModelDeploymentStatus,
     ObjectMeta,
+    RetiredRevision,
     RevisionsStatus,
     RevisionStatus,
 )
@@ -186,6 +187,7 @@ def reconcile_model_deployment(
         revisions=RevisionsStatus(
             stable=stable,
             latest=_revision_status(latest, latest_traffic, rolled.repositories.get(revision)),
+            retired=rolled.retired,
         ),
         replicas=serving_state.replicas if serving_state else latest.replicas,
         ready_replicas=serving_state.ready_replicas if serving_state else 0,
@@ -199,8 +201,12 @@ def reconcile_model_deployment(
     if decision is not None and decision.event:
         writes += _rollout_event(kube, md.metadata, decision)
     writes += _cold_start_event(kube, md, rolled.scaling)
-    requeue = wake_after(rolled.rollout, md.spec.rollout, clock().timestamp(), ctx.drain_seconds) if (
+    now = clock().timestamp()
+    requeue = wake_after(rolled.rollout, md.spec.rollout, now, ctx.drain_seconds) if (
         md.spec.rollout is not None) else None
+    if rolled.retired is not None:  # wake when the retired revision's drain ends, to remove it
+        drained = max(rolled.retired.since + ctx.drain_seconds - now, 0.5)
+        requeue = drained if requeue is None else min(requeue, drained)
     log.debug("reconciled %s/%s revision=%s serving=%s writes=%d", ns, md.metadata.name, revision, serving, writes)
     return Outcome(revision, serving, ready, writes, requeue, event)
 
@@ -302,6 +308,7 @@ class _RollOut:
     rollout: RolloutStatus | None = None
     http_route: str | None = None
     scaling: ScalingStatus | None = None
+    retired: RetiredRevision | None = None
 
 
 
@@ -362,6 +369,7 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
     decision: Decision | None = None
     note = ""
     rollout: RolloutStatus | None = None
+    retired: RetiredRevision | None = None
 
     try:
         desired: Obj | None = None
@@ -400,6 +408,9 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
         else:
             serving = revision if latest.available or previous is None else previous
             weights = {serving: 100}
+            retired = _retired(md, previous, serving, revision, by_revision, now, ctx.drain_seconds)
+            if retired is not None:  # the revision that served before the switch drains at weight 0
+                weights[retired.name] = 0
             if (canary_mode and prior is not None and prior.phase == "Promoted" and prior.canary == revision == serving
                     and prior.stable in by_revision and prior.finished_at is not None
                     and now < prior.finished_at + ctx.drain_seconds):
@@ -446,7 +457,21 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
         old = by_revision[serving]
         serving_state = observe_revision(serving, old, [], int(old.get("spec", {}).get("replicas", replicas)))
     return _RollOut(latest, serving_state, conversion, repositories, weights, canary_mode, decision, note, rollout,
-                    http_route, scaling_status)
+                    http_route, scaling_status, retired)
+
+
+def _retired(md: ModelDeployment, previous: str | None, serving: str, revision: str, by_revision: dict[str, Obj],
+             now: float, drain_seconds: float) -> RetiredRevision | None:
+    """Blue/green: the revision the Service selected until this switch (now), or until one a drain ago."""
+    if drain_seconds <= 0:
+        return None
+    if previous is not None and serving == revision:
+        return RetiredRevision(name=previous, since=now)
+    recorded = md.status.revisions.retired if md.status.revisions else None
+    if (recorded is not None and recorded.name in by_revision and recorded.name not in (serving, revision)
+            and now < recorded.since + drain_seconds):
+        return recorded
+    return None
 
 
 def _failed_status(

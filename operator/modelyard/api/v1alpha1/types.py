@@ -351,11 +351,20 @@ class RevisionStatus(Observed):
     )
 
 
+class RetiredRevision(Observed):
+    name: str = Field(description="The revision that served until a blue/green switch.")
+    since: float = Field(description="When it stopped serving (epoch seconds).")
+
+
 class RevisionsStatus(Observed):
     stable: RevisionStatus | None = Field(default=None, description="The revision that serves traffic.")
     latest: RevisionStatus | None = Field(
         default=None, description="The revision the current spec asks for; equals stable once it has rolled out."
     )
+    retired: RetiredRevision | None = Field(
+        default=None, description="After a blue/green switch: the revision that served before, kept (no longer "
+        "selected, at weight 0 behind the gateway) for the drain period so that requests routed to it just before "
+        "the switch are answered; then it is removed.")
 
 
 class ModelDeploymentStatus(Observed):
