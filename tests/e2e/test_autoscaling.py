@@ -19,7 +19,9 @@ from autoscale.scenario import NAME, Recorder, manifest, per_pod_requests, provi
 from canary.load import Load
 from helpers import wait_for
 from localcluster import LocalCluster
+from modelyard.api.v1alpha1.scaling import ScalingMetric
 from modelyard.kube.client import DEPLOYMENTS, SCALED_OBJECTS, Kube
+from modelyard.render.scaling import scaling_query
 
 from .conftest import OperatorProcess
 
@@ -52,6 +54,16 @@ def diagnose(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorPro
             f"keda:\n{cluster.log_tail('keda-operator', 2500)}\n{cluster.container_logs(namespace, 1500)}")
 
 
+def builtin_metrics(cluster: LocalCluster, namespace: str, revision: str) -> dict[str, float | None]:
+    """Each built-in metric's query, exactly as the ScaledObject carries it, on Prometheus now (None: no data)."""
+    out: dict[str, float | None] = {}
+    for kind in ("queueTime", "pendingRequests", "inferenceRate", "gpuUtilization"):
+        query = scaling_query(ScalingMetric(type=kind, target=1, window="10s"), namespace, NAME, revision).query
+        rows = cluster.prometheus_query(query)
+        out[kind] = round(float(rows[0]["value"][1]), 2) if rows else None
+    return out
+
+
 def deploy(cluster: LocalCluster, admin: Kube, op: OperatorProcess, namespace: str, min_replicas: int,
            max_replicas: int, rate: float) -> Load:
     """Revision v1 answering through the gateway; returns a load generator for it (not started)."""
@@ -80,6 +92,7 @@ def test_queue_time_scales_out_under_load_back_in_then_to_zero_and_a_request_wak
         time.sleep(8)
         served = per_pod_requests(cluster, namespace)
         assert len([p for p, n in served.items() if n > 0]) == 3, f"every replica takes requests: {served}"
+        measured = builtin_metrics(cluster, namespace, recorder.sample().serving)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{diagnose(cluster, admin, namespace, operator_process)}") from None
     finally:
@@ -110,6 +123,11 @@ def test_queue_time_scales_out_under_load_back_in_then_to_zero_and_a_request_wak
     cold = wait_for("the operator to report the cold start", lambda: status(admin, namespace).get(
         "scaling", {}).get("lastColdStartSeconds"), timeout=60)
     ok = sum(1 for a in answers if a.status == 200)
+    print(f"\nthe built-in metrics' PromQL on the live Triton series at 3 replicas under 20 req/s: {measured}")
+    assert measured["inferenceRate"] is not None and 10 <= measured["inferenceRate"] <= 30, measured
+    assert measured["queueTime"] is not None and measured["queueTime"] >= 0, measured
+    assert measured["pendingRequests"] is not None and measured["pendingRequests"] >= 0, measured
+    assert measured["gpuUtilization"] is None, "no GPU here: no nv_gpu_utilization series, no data (not 0)"
     print(f"\nautoscaling on queue time (target 50 ms, HPA sync {HPA_SYNC:g}s), load 20 req/s from t=0:\n"
           f"  3 replicas asked for  t={t_desired - t0:6.1f}s ({(t_desired - t0) / HPA_SYNC:.1f} sync periods)\n"
           f"  3 replicas ready      t={t_ready - t0:6.1f}s\n"
