@@ -5,7 +5,8 @@
 #
 # Why a wrapper module: KEDA's go.mod has `replace` and `exclude` lines, which count only in the main module, so
 # `go install github.com/kedacore/keda/v2/cmd/operator@...` does not build. A throwaway module that requires KEDA
-# and copies those lines does. Pinned: v2.21.0 builds with the Go here (about 8 minutes cold on 2 cores).
+# and copies those lines does. Pinned: v2.21.0 builds with the Go here: 12.5 minutes on 2 cores with empty Go module
+# and build caches (1.7 GB of modules), about 9 with the modules already downloaded.
 set -euo pipefail
 
 VERSION="${MODELYARD_KEDA_VERSION:-v2.21.0}"

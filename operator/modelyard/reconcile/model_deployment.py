@@ -47,14 +47,7 @@ from modelyard.api.v1alpha1.scaling import ScalingStatus
 from modelyard.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, Kube, Obj
 from modelyard.reconcile.common import Stop, Writer, owned_by, owned_children
 from modelyard.reconcile.rollout import Analyst, observe_canary
-from modelyard.reconcile.scaling import (
-    autoscaled,
-    clamp,
-    current_replicas,
-    follow_target,
-    reconcile_autoscaler,
-    set_replicas,
-)
+from modelyard.reconcile.scaling import apply_revision, reconcile_scaling
 from modelyard.reconcile.secrets import check_secrets
 from modelyard.reconcile.traffic import reconcile_traffic
 from modelyard.render.conversion import render_conversion_job
@@ -177,8 +170,7 @@ def reconcile_model_deployment(
     stable = (
         _revision_status(serving_state, weights.get(serving_state.revision, 0),
                          rolled.repositories.get(serving_state.revision))
-        if serving_state and (serving_state.ready_replicas > 0 or (serving_state.available and
-                                                                   serving_state.replicas == 0)) else None
+        if serving_state and (serving_state.ready_replicas > 0 or serving_state.replicas == 0) else None
     )
     latest_traffic = weights.get(revision, 0) if (serving == revision and stable) or canary_on else 0
     status = ModelDeploymentStatus(
@@ -347,8 +339,7 @@ def _scaled(deployment: Obj, replicas: int) -> Obj:
 
 def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context) -> _RollOut:
     """Convert if asked, apply the latest revision, route traffic, point the Service at the serving one, prune."""
-    kube, ns = writer.kube, md.metadata.namespace
-    scaling = md.spec.scaling
+    kube, ns, scaling = writer.kube, md.metadata.namespace, md.spec.scaling
     replicas = md.spec.fixed_replicas if scaling is None else max(scaling.min_replicas, 1)
     now = ctx.clock().timestamp()
     by_revision = owned_children(kube, DEPLOYMENTS, md, COMPONENT_SERVER)
@@ -384,16 +375,8 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
                 raise Stop(Reason.SOURCE_UNSUPPORTED, str(exc)) from exc
             if rolled_back:  # a rolled-back canary stays scaled down until the spec changes
                 desired = _scaled(desired, 0)
-            live = by_revision.get(revision)
-            if scaling is not None and live is not None and not rolled_back and not autoscaled(live):
-                # Scaling was just turned on: hand the count over before the apply that drops it, or it resets to 1.
-                live = set_replicas(writer, live, clamp(scaling, current_replicas(live)))
-            by_revision[revision] = writer.ensure(live, desired)
-            if scaling is not None and live is None:
-                # A new revision starts where the serving one is (the operator's apply left the count out).
-                serving_now = by_revision.get(selected or "")
-                start = current_replicas(serving_now) if serving_now is not None else scaling.min_replicas
-                by_revision[revision] = set_replicas(writer, by_revision[revision], clamp(scaling, start))
+            by_revision[revision] = apply_revision(writer, md, by_revision.get(revision), desired,
+                                                   by_revision.get(selected or ""), rolled_back)
             pods = kube.list_by_labels(PODS, ns, server_selector(md, revision))
             latest = observe_revision(revision, by_revision[revision], pods, 0 if rolled_back else replicas)
 
@@ -408,6 +391,10 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
         else:
             serving = revision if latest.available or previous is None else previous
             weights = {serving: 100}
+            if serving != revision and revision in by_revision:
+                # Behind the route at weight 0 while it rolls out: the gateway knows its backend (Service and
+                # endpoints) before the switch sends it every request, instead of learning it after (500/503).
+                weights[revision] = 0
             retired = _retired(md, previous, serving, revision, by_revision, now, ctx.drain_seconds)
             if retired is not None:  # the revision that served before the switch drains at weight 0
                 weights[retired.name] = 0
@@ -417,18 +404,9 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
                 # The promoted canary's predecessor drains: behind the route at weight 0, then removed.
                 weights[prior.stable] = 0
                 rollout = prior
-        scaling_status = None
-        if scaling is not None and serving in by_revision:
-            following = {revision} if revision != serving and not (rolled_back or (
-                rollout is not None and rollout.phase == "RolledBack")) else set()
-            follow_target(writer, md, by_revision, serving, following)
-        if serving in by_revision or md.status.scaling is not None:
-            # Nothing scales to zero while a revision rolls out, nor before the first one was ever available.
-            recorded = md.status.revisions.stable if md.status.revisions else None
-            never_served = not latest.available and (recorded is None or recorded.name != revision)
-            rolling_out = serving != revision or never_served
-            scaling_status = reconcile_autoscaler(writer, md, serving if serving in by_revision else None,
-                                                  rolling_out, by_revision.get(serving), ctx.prometheus_url, now)
+        scaled_down = rolled_back or (rollout is not None and rollout.phase == "RolledBack")
+        scaling_status = reconcile_scaling(writer, md, by_revision, revision, serving, latest.available, scaled_down,
+                                           ctx.prometheus_url, now)
         http_route = reconcile_traffic(writer, md, weights)
         writer.ensure(service, render_service(md, serving))
     except ApiException as exc:

@@ -87,6 +87,39 @@ def follow_target(writer: Writer, md: ModelDeployment, by_revision: dict[str, Ob
             by_revision[rev] = set_replicas(writer, follower, want)
 
 
+def apply_revision(writer: Writer, md: ModelDeployment, live: Obj | None, desired: Obj, serving: Obj | None,
+                   scaled_down: bool) -> Obj:
+    """Apply a revision's Deployment and, with scaling, hand its count over: before the apply that drops the field
+    when scaling was just turned on (or it resets to 1), after the apply that creates it (starting where the
+    serving revision is). A rolled-back canary (`scaled_down`) is set to 0 by the apply itself."""
+    scaling = md.spec.scaling
+    if scaling is None or scaled_down:
+        return writer.ensure(live, desired)
+    if live is not None and not autoscaled(live):
+        live = set_replicas(writer, live, clamp(scaling, current_replicas(live)))
+    applied = writer.ensure(live, desired)
+    if live is None:
+        start = current_replicas(serving) if serving is not None else scaling.min_replicas
+        applied = set_replicas(writer, applied, clamp(scaling, start))
+    return applied
+
+
+def reconcile_scaling(writer: Writer, md: ModelDeployment, by_revision: dict[str, Obj], revision: str, serving: str,
+                      latest_available: bool, scaled_down: bool, prometheus_url: str | None,
+                      now: float) -> ScalingStatus | None:
+    """The latest revision follows the serving one's count while it rolls out (unless it was scaled down), and the
+    autoscaler scales the serving one; nothing scales to zero while a revision rolls out, nor before the first one
+    was ever available. Returns status.scaling."""
+    if md.spec.scaling is not None and serving in by_revision:
+        follow_target(writer, md, by_revision, serving, {revision} if not scaled_down else set())
+    if serving not in by_revision and md.status.scaling is None:
+        return None
+    recorded = md.status.revisions.stable if md.status.revisions else None
+    never_served = not latest_available and (recorded is None or recorded.name != revision)
+    return reconcile_autoscaler(writer, md, serving if serving in by_revision else None,
+                                serving != revision or never_served, by_revision.get(serving), prometheus_url, now)
+
+
 def _mirror(hpa: Obj | None, scaled_object: Obj | None) -> list[Condition]:
     """The autoscaler's own conditions, as they are: the HPA's (AbleToScale, ScalingActive, ScalingLimited), then
     KEDA's (Ready, Active) prefixed Keda."""
