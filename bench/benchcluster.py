@@ -4,7 +4,6 @@ hack/ and tests/ on sys.path first."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,10 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from localcluster import LocalCluster, free_port, operator_rbac
+from localcluster import LocalCluster, free_port
 from modelyard.kube.client import Kube, load_api_client
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -33,10 +30,7 @@ def local_operator(work: Path, resync_seconds: float = 10) -> Iterator[Bench]:
     cluster = LocalCluster(work / "cluster").start()
     operator = None
     try:
-        cluster.kubectl("apply", "-f", str(ROOT / "crds" / "modelyard.dev_modeldeployments.yaml"))
-        cluster.wait_established("modeldeployments.modelyard.dev")
-        cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                              "items": operator_rbac()}))
+        cluster.install_modelyard()
         env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig),
                "MODELYARD_RESYNC_SECONDS": str(resync_seconds), "MODELYARD_METRICS_PORT": str(free_port()),
                "MODELYARD_PROMETHEUS_URL": cluster.prometheus_url, "MODELYARD_DRAIN_SECONDS": "5"}

@@ -5,28 +5,20 @@ Nothing here skips: when a control-plane part is missing, the fixture fails with
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from localcluster import LocalCluster, operator_rbac
+from localcluster import LocalCluster
 from modelyard.kube.client import Kube, load_api_client
-
-ROOT = Path(__file__).resolve().parents[1]
-CRD = ROOT / "crds" / "modelyard.dev_modeldeployments.yaml"
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     cl = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
     try:
-        cl.kubectl("apply", "-f", str(CRD))
-        cl.wait_established("modeldeployments.modelyard.dev")
-        cl.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                          "items": operator_rbac()}))
+        cl.install_modelyard()
         yield cl
     finally:
         cl.stop()

@@ -459,6 +459,14 @@ class LocalCluster:
         if self.with_keda:
             self._start_keda()
 
+    def install_modelyard(self) -> None:
+        """The ModelDeployment CRD as generated (crds/), Established, and the chart's RBAC bound to user
+        modelyard-operator (operator_kubeconfig)."""
+        self.kubectl("apply", "-f", str(ROOT / "crds" / "modelyard.dev_modeldeployments.yaml"))
+        self.wait_established("modeldeployments.modelyard.dev")
+        self.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                          "items": operator_rbac()}))
+
     def wait_established(self, *crds: str, timeout: float = 60) -> None:
         """Wait until each CRD is Established. Not `kubectl wait`: a CRD whose status the API server has not
         written yet makes it fail at once ("status.conditions accessor error: <nil>"), which CI hit."""

@@ -10,12 +10,11 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from helpers import model_deployment, wait_for
-from localcluster import LocalCluster, free_port, operator_rbac
+from localcluster import LocalCluster, free_port
 from modelyard.api.names import LABEL_REVISION
 from modelyard.kube.client import DEPLOYMENTS, JOBS, MODEL_DEPLOYMENTS, SERVICES, Kube, load_api_client
 
@@ -23,7 +22,6 @@ from .conftest import OperatorProcess, _start
 
 pytestmark = [pytest.mark.e2e]
 
-ROOT = Path(__file__).resolve().parents[2]
 MODELS = 10
 NAMESPACE = "faults"
 
@@ -31,13 +29,10 @@ NAMESPACE = "faults"
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalCluster, OperatorProcess]]:
     cluster = LocalCluster(tmp_path_factory.mktemp("faults"), process_nodes=0, with_gateway=False,
-                           with_prometheus=False).start()
+                           with_prometheus=False, with_keda=False).start()
     op = None
     try:
-        cluster.kubectl("apply", "-f", str(ROOT / "crds" / "modelyard.dev_modeldeployments.yaml"))
-        cluster.wait_established("modeldeployments.modelyard.dev")
-        cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                              "items": operator_rbac()}))
+        cluster.install_modelyard()
         cluster.kubectl("create", "namespace", NAMESPACE)
         # A replaced revision drains 3 s (no longer selected) before it is removed.
         env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig), "MODELYARD_RESYNC_SECONDS": "60",
