@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,6 +63,13 @@ def builtin_metrics(cluster: LocalCluster, namespace: str, revision: str) -> dic
         rows = cluster.prometheus_query(query)
         out[kind] = round(float(rows[0]["value"][1]), 2) if rows else None
     return out
+
+
+def scaled_object_once_gone(admin: Kube, namespace: str, old: str) -> dict[str, Any]:
+    """The model's ScaledObject, once the revision that served before the rollout is gone."""
+    wait_for("the old revision to go", lambda: admin.get(DEPLOYMENTS, namespace, f"{NAME}-{old}") is None or None,
+             timeout=120)
+    return admin.get(SCALED_OBJECTS, namespace, NAME) or {}
 
 
 def deploy(cluster: LocalCluster, admin: Kube, op: OperatorProcess, namespace: str, min_replicas: int,
@@ -159,9 +167,7 @@ def test_a_rollout_under_load_keeps_the_serving_count_and_the_autoscaler_ends_on
                                                                        max_replicas=2)))
         t_new = recorder.first("the new revision to serve", t_roll, lambda s: s.serving not in ("", old))
         new = recorder.sample().serving
-        wait_for("the old revision to go", lambda: admin.get(DEPLOYMENTS, namespace, f"{NAME}-{old}") is None or None,
-                 timeout=120)
-        so = admin.get(SCALED_OBJECTS, namespace, NAME) or {}
+        so = scaled_object_once_gone(admin, namespace, old)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{diagnose(cluster, admin, namespace, operator_process)}") from None
     finally:
@@ -179,4 +185,60 @@ def test_a_rollout_under_load_keeps_the_serving_count_and_the_autoscaler_ends_on
     assert not failed, sorted({(a.status, a.detail[:80]) for a in failed})
     assert so["spec"]["scaleTargetRef"]["name"] == f"{NAME}-{new}"
     assert so["spec"]["minReplicaCount"] == 1
+    assert status(admin, namespace)["scaling"]["target"] == new
+
+
+def test_a_canary_under_load_runs_its_share_then_the_whole_count_and_loses_nothing(
+    cluster: LocalCluster, admin: Kube, operator_process: OperatorProcess, namespace: str, models: Path,
+    recorder: Recorder,
+) -> None:
+    """Autoscaled and rolled out as a canary at 50%: the canary runs its share of the model's replicas at 50%, the
+    whole count before it takes 100%, and the two revisions together never drop below what served before."""
+    load = deploy(cluster, admin, operator_process, namespace, min_replicas=1, max_replicas=2, rate=15)
+    load.start()
+    timeline: list[tuple[float, int, int, int, int, str]] = []  # t, weight, stable ready, canary wanted/ready, phase
+
+    def observe(t_roll: float) -> dict[str, object]:
+        s = status(admin, namespace)
+        r = s.get("rollout") or {}
+        canary = admin.get(DEPLOYMENTS, namespace, f"{NAME}-{r.get('canary')}") if r.get("canary") else None
+        stable = admin.get(DEPLOYMENTS, namespace, f"{NAME}-{r.get('stable')}") if r.get("stable") else None
+        timeline.append((round(time.time() - t_roll, 1), int(r.get("weight", 0)),
+                         int(((stable or {}).get("status") or {}).get("readyReplicas", 0)),
+                         int(((canary or {}).get("spec") or {}).get("replicas", 0)),
+                         int(((canary or {}).get("status") or {}).get("readyReplicas", 0)), r.get("phase", "")))
+        return r
+
+    try:
+        recorder.first("2 ready replicas under load", time.time(), lambda s: s.ready == 2)
+        old = recorder.sample().serving
+        t_roll = time.time()
+        m = manifest(namespace, "v2", min_replicas=1, max_replicas=2)
+        m["spec"]["rollout"] = {"strategy": "canary", "canary": {"steps": [{"setWeight": 50}], "analysis": {
+            "interval": "10s", "minRequests": 10, "minSuccessRate": 99, "latency": {"maxMs": 5000}}}}
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(m))
+        wait_for("the canary to be promoted", lambda: observe(t_roll).get("phase") == "Promoted" or None,
+                 timeout=240, interval=0.5)
+        new = status(admin, namespace)["rollout"]["canary"]
+        so = scaled_object_once_gone(admin, namespace, old)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{timeline}\n{diagnose(cluster, admin, namespace, operator_process)}") from None
+    finally:
+        answers = load.stop()
+    failed = [a for a in answers if a.at >= t_roll and a.status != 200]
+    at_half = [row for row in timeline if row[1] == 50]
+    print(f"\ncanary under load (15 req/s, max 2): (t, weight, stable ready, canary wanted, canary ready, phase) "
+          f"at each change: {[row for i, row in enumerate(timeline) if i == 0 or row[1:] != timeline[i - 1][1:]]}; "
+          f"{len(failed)} failed requests of {len([a for a in answers if a.at >= t_roll])}")
+    assert at_half, timeline
+    # At 50% the canary runs its share: one replica of the model's two (the stable revision's count carries the
+    # other half), not the whole count.
+    assert min(row[3] for row in at_half) == 1, at_half
+    # Before it took all the traffic it ran the whole count, all Ready.
+    last_before = [row for row in timeline if row[1] < 100 and row[5] != "Promoted"][-1]
+    assert last_before[3] == 2, timeline
+    assert not any(row[2] + row[4] < 2 for row in timeline if row[5] not in ("", "Promoted")), (
+        "the two revisions together fell below the 2 replicas that served before", timeline)
+    assert not failed, sorted({(a.status, a.detail[:80]) for a in failed})
+    assert so["spec"]["scaleTargetRef"]["name"] == f"{NAME}-{new}"
     assert status(admin, namespace)["scaling"]["target"] == new

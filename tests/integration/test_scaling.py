@@ -9,13 +9,15 @@ the ownership of the replica count, not the load.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from helpers import model_deployment, operator_writes, ready_condition, wait_for
-from localcluster import LocalCluster
+from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
 from modelyard.api.v1alpha1 import ModelDeployment
+from modelyard.api.v1alpha1.rollout import Measurement
 from modelyard.kube.client import DEPLOYMENTS, HPAS, MODEL_DEPLOYMENTS, SCALED_OBJECTS, Kube
 from modelyard.reconcile.model_deployment import Outcome, reconcile_model_deployment
 from modelyard.reconcile.scaling import REPLICAS_MANAGER, replicas_owners
@@ -34,11 +36,11 @@ def _scaled(name: str, namespace: str, replicas_wanted: int, engine: str = "keda
 
 
 def _reconcile(cluster: LocalCluster, admin: Kube, operator: Kube, namespace: str, name: str,
-               prometheus: bool = True) -> Outcome:
+               prometheus: bool = True, **kw: Any) -> Outcome:
     body = admin.get(MODEL_DEPLOYMENTS, namespace, name)
     assert body is not None
     return reconcile_model_deployment(operator, ModelDeployment.model_validate(body),
-                                      prometheus_url=cluster.prometheus_url if prometheus else None)
+                                      prometheus_url=cluster.prometheus_url if prometheus else None, **kw)
 
 
 def _deployment(admin: Kube, namespace: str, name: str, revision: str) -> dict[str, Any]:
@@ -171,3 +173,61 @@ def test_keda_without_a_prometheus_address_is_a_condition_that_says_which_settin
     assert cond is not None and cond["reason"] == "PrometheusNotConfigured", cond
     assert "rollouts.prometheusUrl" in cond["message"]
     assert admin.get(SCALED_OBJECTS, namespace, "noprom") is None
+
+
+def test_a_canary_runs_its_share_of_the_replicas_and_the_whole_count_before_it_is_promoted(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    """The serving revision is at 3 (the HPA's count); a canary at 25% starts at its share (1), and grows to the
+    model's whole count before it takes all the traffic. The analysis and the clock are given (the rollout's
+    timing is tested in tests/e2e); the counts, the HPA and the pods (kwok's) are the cluster's."""
+    manifest = _scaled("share", namespace, replicas_wanted=3)
+    manifest["spec"]["serving"]["gpus"] = 0  # the fake GPU nodes' few GPUs are shared with the other tests
+    manifest["spec"]["traffic"] = {"gateway": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}]}}
+    manifest["spec"]["rollout"] = {"strategy": "canary", "canary": {
+        "steps": [{"setWeight": 25}], "analysis": {"interval": "10s", "minRequests": 1}}}
+    _apply(cluster, manifest)
+    clock = [datetime.now(UTC)]
+
+    def reconcile() -> Outcome:
+        return _reconcile(cluster, admin, operator_kube, namespace, "share", clock=lambda: clock[0],
+                          analyst=lambda *_: Measurement(at=clock[0].timestamp(), requests=100, checks=[]))
+
+    def stable_at_3() -> Outcome | None:
+        o = reconcile()
+        return o if o.ready and _deployment(admin, namespace, "share", o.revision)["spec"]["replicas"] == 3 and (
+            o.writes == 0) else None
+
+    stable = wait_for("the serving revision at the HPA's 3 replicas, all ready", stable_at_3, timeout=180).revision
+    manifest["spec"]["serving"]["maxBatchSize"] = 16  # a new revision
+    _apply(cluster, manifest)
+
+    def rollout() -> dict[str, Any]:
+        reconcile()
+        body = admin.get(MODEL_DEPLOYMENTS, namespace, "share") or {}
+        return body.get("status", {}).get("rollout") or {}
+
+    canary = rollout()["canary"]
+    assert canary != stable
+    # Its share of 25%: ceil(3 x 25%) = 1 replica, beside the stable revision's 3.
+    assert _deployment(admin, namespace, "share", canary)["spec"]["replicas"] == 1
+    assert wait_for("the canary at 25%", lambda: rollout().get("weight") == 25 or None, timeout=120)
+    assert _deployment(admin, namespace, "share", stable)["spec"]["replicas"] == 3
+    # The analysis passes: before 100% the canary grows to the model's count. The stable revision's 3 replicas
+    # carry 75%, so the model needs 4 (its maximum); the canary keeps 25% while it grows.
+    clock[0] += timedelta(seconds=11)
+    waiting = rollout()
+    assert (waiting["phase"], waiting["weight"]) == ("Progressing", 25), waiting
+    assert "waiting for the canary's pods to be Ready before 100% (1/4 Ready)" in waiting["message"], waiting
+    assert _deployment(admin, namespace, "share", canary)["spec"]["replicas"] == 4
+    try:
+        promoted = wait_for("the promotion once 4 canary pods are Ready", lambda: (
+            r := rollout()).get("phase") == "Promoted" and r, timeout=120)
+    except AssertionError as exc:
+        pods = _deployment(admin, namespace, "share", canary)["status"]
+        raise AssertionError(f"{exc}\n{rollout()}\n{pods}") from None
+    assert promoted["weight"] == 100
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, "share") or {}
+    assert body["status"]["scaling"]["target"] == canary
+    so = admin.get(SCALED_OBJECTS, namespace, "share")
+    assert so is not None and so["spec"]["scaleTargetRef"]["name"] == f"share-{canary}"

@@ -60,6 +60,8 @@ def test_each_weight_needs_a_passing_analysis_and_too_little_traffic_waits() -> 
     d = step(s, 30, measurement=good(30, requests=5))
     assert (d.weight, d.reason, d.status.passed_at_step) == (10, WAITING, 0)
     assert "inconclusive: 5 requests < 20 needed to judge" in d.status.message
+    # A reconcile between analyses (a pod event, a resync) keeps saying why it waits: no flip, no status write.
+    assert step(d.status, 40).status == d.status
     d = step(d.status, 60, measurement=good(60))
     # The pass completes step 1 and starts the pause at the same weight.
     assert (d.weight, d.reason, d.status.step) == (10, WAITING, 1)
@@ -208,3 +210,77 @@ def test_the_operator_wakes_for_the_next_analysis_a_pause_end_or_a_drain_end() -
     assert wake_after(promoted, SPEC, 200, drain_seconds=30) is None
     assert wake_after(step(s, 80, abort=True).status, SPEC, 90, drain_seconds=30) is None
     assert wake_after(None, SPEC, 0, drain_seconds=30) is None
+
+
+# With autoscaling the canary runs its share of the model's replicas: the stable revision's count carries the rest.
+@pytest.mark.parametrize(("stable", "weight", "maximum", "model"), [
+    (4, 0, 10, 4), (4, 20, 10, 5), (4, 50, 10, 8), (3, 50, 4, 4), (0, 0, 10, 1), (2, 100, 10, 2), (1, 90, 20, 10),
+])
+def test_model_replicas(stable: int, weight: int, maximum: int, model: int) -> None:
+    from modelyard.rollout.canary import model_replicas
+
+    assert model_replicas(stable, weight, maximum) == model
+
+
+@pytest.mark.parametrize(("model", "weight", "share"), [
+    (5, 0, 1), (5, 10, 1), (5, 20, 1), (5, 21, 2), (5, 50, 3), (5, 100, 5), (10, 30, 3), (1, 100, 1),
+])
+def test_canary_share(model: int, weight: int, share: int) -> None:
+    from modelyard.rollout.canary import canary_share
+
+    assert canary_share(model, weight) == share
+
+
+def test_weight_ahead_is_the_weight_the_canary_must_carry_next() -> None:
+    from modelyard.rollout.canary import weight_ahead
+
+    assert weight_ahead(None, SPEC) == 10  # before the first weight: scaled for it
+    s = at_weight_10()
+    assert weight_ahead(s, SPEC) == 10  # at 10%, waiting for its analysis
+    pausing = step(s, 30, measurement=good(30)).status
+    assert weight_ahead(pausing, SPEC) == 10  # a pause holds the weight
+    at_50 = step(pausing, 91).status
+    assert weight_ahead(at_50, SPEC) == 50
+    passed = at_50.model_copy(update={"step": 3})
+    assert weight_ahead(passed, SPEC) == 100  # every step passed: the whole count before promotion
+    assert weight_ahead(step(s, 40, abort=True).status, SPEC) == 0
+
+
+def scaled(ready: int, model: int = 10, **seen: Any) -> dict[str, Any]:
+    return {"model_replicas": model, "canary_ready_replicas": ready, "ready": False, **seen}
+
+
+def test_with_autoscaling_each_weight_waits_for_the_canarys_share_and_a_growing_canary_keeps_its_weight() -> None:
+    d = step(None, 0, **scaled(0))
+    assert (d.weight, d.reason) == (0, WAITING)
+    assert "before 10% (0/1 Ready)" in d.status.message
+    d = step(d.status, 5, **scaled(1))  # one pod carries 10% of 10: the weight moves, not all pods need be Ready
+    assert (d.weight, d.reason) == (10, PROGRESSING)
+    d = step(d.status, 30, measurement=good(30), **scaled(1))  # passed; the 60 s pause holds 10%
+    d = step(d.status, 91, **scaled(3))  # the pause ended: 50% of 10 needs 5 Ready; 3 keep 10% meanwhile
+    assert (d.weight, d.reason, d.status.weight) == (10, WAITING, 10)
+    assert "step 3/3: waiting for the canary's pods to be Ready before 50% (3/5 Ready)" in d.status.message
+    d = step(d.status, 95, **scaled(5))
+    assert (d.weight, d.reason) == (50, PROGRESSING)
+    # The last analysis passed: promotion waits until the canary runs the whole model's count.
+    d = step(d.status, 130, measurement=good(130), **scaled(5))
+    assert (d.weight, d.reason, d.status.phase) == (50, WAITING, "Progressing")
+    assert "all 3 steps passed; waiting for the canary's pods to be Ready before 100% (5/10 Ready)" in d.status.message
+    assert step(d.status, 140, **scaled(9)).weight == 50
+    d = step(d.status, 150, **scaled(10))
+    assert (d.weight, d.reason, d.status.phase) == (100, PROMOTED, "Promoted")
+    assert d.event is not None and d.event.endswith("promoted: all 3 steps passed")
+    # No Ready pod at all: no traffic, whatever the count.
+    assert step(at_weight_10(), 20, **scaled(0)).weight == 0
+
+
+def test_with_autoscaling_a_persons_promotion_waits_for_the_whole_count() -> None:
+    from modelyard.rollout.canary import weight_ahead
+
+    d = step(at_weight_10(), 20, promote=True, **scaled(1))
+    assert (d.weight, d.reason) == (10, WAITING)
+    assert "a person asked to promote; waiting for the canary's pods to be Ready before 100% (1/10 Ready)" in (
+        d.status.message)
+    assert weight_ahead(d.status, SPEC) == 100  # the remaining steps are skipped: it scales for the whole count
+    d = step(d.status, 30, promote=True, **scaled(10))
+    assert (d.weight, d.reason) == (100, PROMOTED) and "promoted by a person" in d.status.message

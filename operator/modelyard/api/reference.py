@@ -51,8 +51,9 @@ REASONS: dict[Reason, str] = {
     "message quotes the Job or the container's last words.",
     Reason.CANARY_PROGRESSING: "Progressing=True: the canary got a new weight or passed an analysis (numbers in the "
     "message and the event).",
-    Reason.CANARY_WAITING: "Progressing=True: the canary waits: for its pods to be Ready, for a passing analysis "
-    "(too little traffic is inconclusive), or for a pause to end.",
+    Reason.CANARY_WAITING: "Progressing=True: the canary waits: for its pods to be Ready (with autoscaling, enough "
+    "of them for its next weight, or for all traffic before promotion), for a passing analysis (too little traffic "
+    "is inconclusive), or for a pause to end.",
     Reason.CANARY_PAUSED: "Progressing=True: held by `spec.rollout.paused` or an indefinite pause step until a person "
     "resumes (docs/rollouts.md).",
     Reason.CANARY_PROMOTED: "Progressing=True: the canary was promoted and serves all traffic; its predecessor "

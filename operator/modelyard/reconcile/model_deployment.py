@@ -47,7 +47,7 @@ from modelyard.api.v1alpha1.scaling import ScalingStatus
 from modelyard.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, Kube, Obj
 from modelyard.reconcile.common import Stop, Writer, owned_by, owned_children
 from modelyard.reconcile.rollout import Analyst, observe_canary
-from modelyard.reconcile.scaling import apply_revision, reconcile_scaling
+from modelyard.reconcile.scaling import apply_revision, canary_replicas, current_replicas, reconcile_scaling
 from modelyard.reconcile.secrets import check_secrets
 from modelyard.reconcile.traffic import reconcile_traffic
 from modelyard.render.conversion import render_conversion_job
@@ -361,6 +361,7 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
     note = ""
     rollout: RolloutStatus | None = None
     retired: RetiredRevision | None = None
+    canary_count: int | None = None  # with autoscaling, during a canary: its share of the model's replicas
 
     try:
         desired: Obj | None = None
@@ -375,15 +376,21 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
                 raise Stop(Reason.SOURCE_UNSUPPORTED, str(exc)) from exc
             if rolled_back:  # a rolled-back canary stays scaled down until the spec changes
                 desired = _scaled(desired, 0)
+            stable_deployment = by_revision.get(selected or "") if selected != revision else None
+            start = (canary_replicas(md, stable_deployment, prior if prior and prior.canary == revision else None, 0)
+                     if canary_mode and scaling is not None and stable_deployment is not None else None)
             by_revision[revision] = apply_revision(writer, md, by_revision.get(revision), desired,
-                                                   by_revision.get(selected or ""), rolled_back)
+                                                   by_revision.get(selected or ""), rolled_back, start)
             pods = kube.list_by_labels(PODS, ns, server_selector(md, revision))
             latest = observe_revision(revision, by_revision[revision], pods, 0 if rolled_back else replicas)
 
         previous = selected if selected in by_revision and selected != revision else None
         if canary_mode and previous is not None:
-            view = observe_canary(md, latest, previous, now, ctx.analyst)
+            view = observe_canary(md, latest, previous, now, ctx.analyst,
+                                  current_replicas(by_revision[previous]) if scaling is not None else None)
             decision, note, rollout = view.decision, view.note, view.decision.status
+            if scaling is not None and rollout.phase in ("Progressing", "Paused"):
+                canary_count = canary_replicas(md, by_revision[previous], rollout, decision.weight)
             if rollout.phase == "RolledBack" and not rolled_back and desired is not None:
                 by_revision[revision] = writer.ensure(by_revision[revision], _scaled(desired, 0))
             serving = revision if rollout.phase == "Promoted" else previous
@@ -406,7 +413,7 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
                 rollout = prior
         scaled_down = rolled_back or (rollout is not None and rollout.phase == "RolledBack")
         scaling_status = reconcile_scaling(writer, md, by_revision, revision, serving, latest.available, scaled_down,
-                                           ctx.prometheus_url, now)
+                                           ctx.prometheus_url, now, canary_count)
         http_route = reconcile_traffic(writer, md, weights)
         writer.ensure(service, render_service(md, serving))
     except ApiException as exc:

@@ -16,7 +16,7 @@ from modelyard.api.v1alpha1.rollout import Analysis, Measurement, Rollout, secon
 from modelyard.measure.prometheus import PrometheusError
 from modelyard.measure.promql import Backend
 from modelyard.render.traffic import revision_service_name
-from modelyard.rollout.canary import Decision, Observed, measurement_due, next_step
+from modelyard.rollout.canary import Decision, Observed, measurement_due, model_replicas, next_step
 from modelyard.status.revision import RevisionState
 
 Analyst = Callable[[Analysis, Backend, Backend, str, float], Measurement]
@@ -45,7 +45,8 @@ def backend(md: ModelDeployment, revision: str) -> Backend:
 
 
 def observe_canary(md: ModelDeployment, canary: RevisionState, stable: str, now: float,
-                   analyst: Analyst | None) -> CanaryView:
+                   analyst: Analyst | None, stable_replicas: int | None = None) -> CanaryView:
+    """`stable_replicas`: with autoscaling, the stable revision's current count (the canary runs its share)."""
     spec = md.spec.rollout or Rollout(strategy="canary")
     prior = md.status.rollout
     state = prior if prior is not None and prior.canary == canary.revision else None
@@ -68,5 +69,8 @@ def observe_canary(md: ModelDeployment, canary: RevisionState, stable: str, now:
         promote=annotations.get(ANNOTATION_PROMOTE) == canary.revision,
         abort=annotations.get(ANNOTATION_ABORT) == canary.revision,
         failure=f"{canary.reason}: {canary.message}" if canary.reason in FAILURE_REASONS else None,
+        model_replicas=None if md.spec.scaling is None or stable_replicas is None else model_replicas(
+            stable_replicas, state.weight if state else 0, md.spec.scaling.max_replicas),
+        canary_ready_replicas=canary.ready_replicas,
     )
     return CanaryView(next_step(state, seen, spec), note)

@@ -8,7 +8,8 @@ out and marks the Deployment `modelyard.dev/replicas: autoscaler`. The count is 
   range, before the apply that drops the field, so that the field is not reset to its default of 1;
 - when a new revision's Deployment is created: the serving revision's current count (inside the range);
 - while a revision rolls out beside the target: it follows the target's current count, so that switching to it
-  never drops capacity.
+  never drops capacity; a canary instead runs its share of the model's replicas for the weight it is about to carry
+  (modelyard.rollout.canary.canary_share), and the whole count before it is promoted.
 
 The autoscaler (the HPA controller, and KEDA at zero) writes the target's count through the scale subresource; the
 operator never writes the target's count after the hand-over, and a resync compares none, so it makes no write.
@@ -26,10 +27,12 @@ from typing import Any
 from modelyard.api.conditions import Condition, Reason
 from modelyard.api.names import ANNOTATION_REPLICAS
 from modelyard.api.v1alpha1 import ModelDeployment
+from modelyard.api.v1alpha1.rollout import Rollout, RolloutStatus
 from modelyard.api.v1alpha1.scaling import Scaling, ScalingStatus
 from modelyard.kube.client import HPAS, SCALED_OBJECTS, Obj, Resource
 from modelyard.reconcile.common import Stop, Writer, owned_by
 from modelyard.render.scaling import autoscaler_name, keda_hpa_name, render_hpa, render_scaled_object
+from modelyard.rollout.canary import canary_share, model_replicas, weight_ahead
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +76,24 @@ def set_replicas(writer: Writer, deployment: Obj, replicas: int) -> Obj:
     return writer.kube.apply(partial, field_manager=REPLICAS_MANAGER)
 
 
+def canary_replicas(md: ModelDeployment, stable: Obj, state: RolloutStatus | None, weight: int) -> int:
+    """A canary's count: its share of the model's replicas for the weight it must carry next. `weight`: the
+    canary's weight now (the stable revision's count carries the rest)."""
+    scaling = md.spec.scaling
+    assert scaling is not None
+    model = model_replicas(current_replicas(stable), weight, scaling.max_replicas)
+    return canary_share(model, weight_ahead(state, md.spec.rollout or Rollout(strategy="canary")))
+
+
 def follow_target(writer: Writer, md: ModelDeployment, by_revision: dict[str, Obj], target: str,
-                  followers: set[str]) -> None:
-    """Keep each revision rolling out beside the target at the target's current count (inside the range)."""
+                  followers: set[str], count: int | None = None) -> None:
+    """Keep each revision rolling out beside the target at the target's current count (inside the range), or at
+    `count` (a canary's share)."""
     scaling = md.spec.scaling
     assert scaling is not None
     if target not in by_revision:
         return
-    want = clamp(scaling, current_replicas(by_revision[target]))
+    want = clamp(scaling, current_replicas(by_revision[target])) if count is None else count
     for rev in sorted(followers - {target}):
         follower = by_revision.get(rev)
         if follower is not None and current_replicas(follower) != want:
@@ -88,10 +101,11 @@ def follow_target(writer: Writer, md: ModelDeployment, by_revision: dict[str, Ob
 
 
 def apply_revision(writer: Writer, md: ModelDeployment, live: Obj | None, desired: Obj, serving: Obj | None,
-                   scaled_down: bool) -> Obj:
+                   scaled_down: bool, start: int | None = None) -> Obj:
     """Apply a revision's Deployment and, with scaling, hand its count over: before the apply that drops the field
     when scaling was just turned on (or it resets to 1), after the apply that creates it (starting where the
-    serving revision is). A rolled-back canary (`scaled_down`) is set to 0 by the apply itself."""
+    serving revision is, or at `start`: a canary's share). A rolled-back canary (`scaled_down`) is set to 0 by the
+    apply itself."""
     scaling = md.spec.scaling
     if scaling is None or scaled_down:
         return writer.ensure(live, desired)
@@ -99,19 +113,20 @@ def apply_revision(writer: Writer, md: ModelDeployment, live: Obj | None, desire
         live = set_replicas(writer, live, clamp(scaling, current_replicas(live)))
     applied = writer.ensure(live, desired)
     if live is None:
-        start = current_replicas(serving) if serving is not None else scaling.min_replicas
-        applied = set_replicas(writer, applied, clamp(scaling, start))
+        if start is None:
+            start = clamp(scaling, current_replicas(serving) if serving is not None else scaling.min_replicas)
+        applied = set_replicas(writer, applied, start)
     return applied
 
 
 def reconcile_scaling(writer: Writer, md: ModelDeployment, by_revision: dict[str, Obj], revision: str, serving: str,
                       latest_available: bool, scaled_down: bool, prometheus_url: str | None,
-                      now: float) -> ScalingStatus | None:
-    """The latest revision follows the serving one's count while it rolls out (unless it was scaled down), and the
-    autoscaler scales the serving one; nothing scales to zero while a revision rolls out, nor before the first one
-    was ever available. Returns status.scaling."""
+                      now: float, canary_count: int | None = None) -> ScalingStatus | None:
+    """The latest revision follows the serving one's count while it rolls out (unless it was scaled down; a canary
+    runs `canary_count`), and the autoscaler scales the serving one; nothing scales to zero while a revision rolls
+    out, nor before the first one was ever available. Returns status.scaling."""
     if md.spec.scaling is not None and serving in by_revision:
-        follow_target(writer, md, by_revision, serving, {revision} if not scaled_down else set())
+        follow_target(writer, md, by_revision, serving, {revision} if not scaled_down else set(), canary_count)
     if serving not in by_revision and md.status.scaling is None:
         return None
     recorded = md.status.revisions.stable if md.status.revisions else None

@@ -6,15 +6,20 @@ operator restart resumes at the same step with the same weight. Rules:
 - a new canary revision (a spec change, even mid-rollout) starts from step 0 at weight 0;
 - a setWeight step moves the weight only to a canary whose pods are all Ready, and completes once an analysis at
   that weight has passed: evidence at every weight; too little traffic is inconclusive and the rollout waits;
+- with autoscaling, the canary runs its share of the model's replicas (canary_share): before each weight, and
+  before promotion (100%), it waits until its Ready pods can carry that share; meanwhile it keeps the weight it has
+  while any of its pods is Ready (a canary that grows is not a canary that fails);
 - a pause holds for its duration, or, without one, until a person resumes that step;
 - failed analyses count over the whole rollout; at failureLimit the canary is rolled back: weight 0 at once,
   and the revision stays rolled back (it is remembered) until the spec changes again;
 - after the last step the canary is promoted: weight 100, it becomes the stable revision;
-- a person can pause (spec.rollout.paused: analysis goes on), promote now, or abort.
+- a person can pause (spec.rollout.paused: analysis goes on), promote now (the remaining steps are skipped; the
+  canary still gets its full share of pods first), or abort.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -43,6 +48,48 @@ class Observed:
     abort: bool = False
     failure: str | None = None
     """The canary's pods failed (a container exited or restarts, an image does not pull): roll back at once."""
+    model_replicas: int | None = None
+    """With autoscaling: the replicas the whole model runs on now (model_replicas()); the canary gets its share of
+    them before each weight. None: the canary runs its full replica count from the start (a fixed count)."""
+    canary_ready_replicas: int = 0
+
+    def carries(self, weight: int) -> bool:
+        """Can the canary's Ready pods take `weight` percent of the requests?"""
+        if self.model_replicas is None:
+            return self.canary_ready
+        return self.canary_ready_replicas >= canary_share(self.model_replicas, weight)
+
+    def serves(self) -> bool:
+        """Does the canary keep the weight it has? With autoscaling, while any of its pods is Ready (it may be
+        growing to its next share); with a fixed count, while all are."""
+        return self.canary_ready if self.model_replicas is None else self.canary_ready_replicas > 0
+
+
+def model_replicas(stable_replicas: int, weight: int, max_replicas: int) -> int:
+    """The replicas the whole model needs: the stable revision's count carries (100 - weight)% of the requests."""
+    if weight >= 100:
+        return min(max(stable_replicas, 1), max_replicas)
+    return min(max(math.ceil(stable_replicas * 100 / (100 - weight)), 1), max_replicas)
+
+
+def canary_share(model: int, weight: int) -> int:
+    """The canary's replicas for `weight` percent of a model that needs `model` replicas: at least 1."""
+    return max(1, math.ceil(model * weight / 100 - 1e-9))
+
+
+def weight_ahead(state: RolloutStatus | None, spec: Rollout) -> int:
+    """The weight the canary must be able to carry next: its current one, the one its current step sets, or 100
+    once every step passed (its replicas are scaled for this before the weight moves)."""
+    if state is None:
+        state = RolloutStatus(canary="", step_started_at=0)
+    if state.phase == "Promoted":
+        return 100
+    if state.phase == "RolledBack":
+        return 0
+    steps = spec.canary.steps
+    if state.step >= len(steps):
+        return 100
+    return max(state.weight, steps[state.step].set_weight or 0)
 
 
 @dataclass(frozen=True)
@@ -94,7 +141,9 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
     if seen.failure:
         return _roll_back(state, f"weight {state.weight}%: the canary's pods failed: {seen.failure}", now)
     if seen.promote:
-        return _promote(state, "promoted by a person", now)
+        state = _with(state, step=len(spec.canary.steps))
+        if seen.carries(100):
+            return _promote(state, "promoted by a person", now)
 
     event: str | None = None
     warning = False
@@ -116,13 +165,18 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
         elif outcome == "passed":
             state = _with(state, passed_at_step=state.passed_at_step + 1)
             event = f"weight {state.weight}%: {summary}"
-        else:
+    # Why the rollout waits is part of its state, not of one reconcile: the newest analysis at this weight, fresh or
+    # already recorded, says so until a newer one replaces it (a reconcile between analyses keeps the message).
+    last = state.last_measurement
+    if state.weight > 0 and last is not None and last.at >= state.step_started_at:
+        outcome, summary = verdict(last, analysis)
+        if outcome == "inconclusive":
             inconclusive = f"; inconclusive: {summary}"
 
     def hold(current: RolloutStatus, reason: str, message: str) -> Decision:
         phase = "Paused" if reason == PAUSED else "Progressing"
         held = _with(current, phase=phase, message=message)
-        return Decision(held, held.weight if seen.canary_ready else 0, reason, event, warning)
+        return Decision(held, held.weight if seen.serves() else 0, reason, event, warning)
 
     if spec.paused:
         return hold(state, PAUSED, f"paused by spec.rollout.paused at weight {state.weight}%{inconclusive}")
@@ -132,9 +186,9 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
         step, where = steps[state.step], f"step {state.step + 1}/{len(steps)}"
         if step.set_weight is not None:
             if state.weight != step.set_weight:
-                if not seen.canary_ready:
+                if not seen.carries(step.set_weight):
                     return hold(state, WAITING, f"{where}: waiting for the canary's pods to be Ready before "
-                                         f"{step.set_weight}%")
+                                         f"{step.set_weight}%{_pods(seen, step.set_weight)}")
                 state = _with(state, weight=step.set_weight, step_started_at=now, passed_at_step=0, phase="Progressing",
                               message=f"{where}: weight {step.set_weight}%")
                 return Decision(state, state.weight, PROGRESSING,
@@ -153,8 +207,18 @@ def next_step(state: RolloutStatus | None, seen: Observed, spec: Rollout) -> Dec
                     return hold(state, WAITING, f"{where}: pause {step.pause.duration} at weight {state.weight}% "
                                          f"until {_clock(until)}{inconclusive}")
         state = _with(state, step=state.step + 1, step_started_at=now, passed_at_step=0)
-    promoted = _promote(state, f"all {len(steps)} steps passed", now)
+    if not seen.carries(100):
+        asked = "a person asked to promote" if seen.promote else f"all {len(steps)} steps passed"
+        return hold(state, WAITING, f"{asked}; waiting for the canary's pods to be Ready before 100%"
+                                    f"{_pods(seen, 100)}")
+    promoted = _promote(state, "promoted by a person" if seen.promote else f"all {len(steps)} steps passed", now)
     return Decision(promoted.status, 100, PROMOTED, "; ".join(e for e in (event, promoted.event) if e), warning)
+
+
+def _pods(seen: Observed, weight: int) -> str:
+    if seen.model_replicas is None:
+        return ""
+    return f" ({seen.canary_ready_replicas}/{canary_share(seen.model_replicas, weight)} Ready)"
 
 
 def _clock(epoch: float) -> str:
