@@ -114,6 +114,11 @@ class ContainerRunner:
         assert self.proc is not None
         code = self.proc.returncode
         code = 128 - code if code < 0 else code  # killed by signal N: 128 + N, as container runtimes report
+        # The container is its process group: what its main process left running goes with it, as a container's
+        # cgroup does (Triton's Python backend stubs outlived a SIGTERMed server otherwise). The group's id stays
+        # reserved while any member lives, so this reaches only the container's processes.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None
         message = self._termination_message(code)
         reason = "Completed" if code == 0 else "Error"

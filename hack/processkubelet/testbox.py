@@ -6,6 +6,8 @@
                                           --delay-ms D: /who answers after D ms
     exit CODE [MESSAGE]                   write MESSAGE to /dev/termination-log (or $TERMINATION_PATH), exit CODE
     sleep [--ignore-term]                 sleep until SIGTERM (or only SIGKILL, with --ignore-term)
+    orphan                                start a child that ignores SIGTERM and print its pid, then sleep
+                                          until SIGTERM: the child outlives its parent unless it is reaped
     write PATH TEXT                       write TEXT to PATH, then sleep until SIGTERM
 """
 
@@ -61,6 +63,15 @@ def main(argv: list[str]) -> int:
             with open(os.environ.get("TERMINATION_PATH", "/dev/termination-log"), "w") as fh:
                 fh.write(rest[1])
         return int(rest[0])
+    elif cmd == "orphan":
+        child = os.fork()
+        if child == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            while True:
+                time.sleep(3600)
+        print(f"testbox: child {child}", flush=True)
+        while True:
+            time.sleep(3600)
     elif cmd in ("sleep", "write"):
         if cmd == "write":
             with open(rest[0], "w") as fh:

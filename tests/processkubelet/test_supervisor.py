@@ -143,6 +143,30 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(tmp_path: Pa
     assert r.restart_at is None
 
 
+def test_what_a_container_started_goes_with_it(tmp_path: Path) -> None:
+    """As a container's cgroup: a child the main process left behind (Triton's Python backend stubs) is killed
+    when the container ends, by exit or by deletion."""
+    r = runner(tmp_path, {"args": ["orphan"]}, policy="Never")
+    until(r, "the child", lambda r: "testbox: child " in Path(r.plan.log_file).read_text())
+    child = int(Path(r.plan.log_file).read_text().split("testbox: child ")[1].split()[0])
+    os.kill(child, 0)  # alive
+    r.stop(1)
+    assert r.state["terminated"]["exitCode"] == 0, r.state
+
+    def gone() -> bool:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie until its parent (init, here) reaps it: dead all the same.
+        return Path(f"/proc/{child}/stat").read_text().split(") ")[1].startswith("Z")
+
+    deadline = time.time() + 10
+    while not gone() and time.time() < deadline:
+        time.sleep(0.05)
+    assert gone(), f"the container's child {child} outlived it"
+
+
 def test_a_mount_under_a_symlink_lands_inside_the_container_root(tmp_path: Path) -> None:
     # /var/run -> /run on Debian: resolved on the host, the bind would go to the host's /run, not the container's.
     data = tmp_path / "data"
