@@ -48,6 +48,7 @@ SCRAPE_CONFIG = ROOT / "docs" / "monitoring" / "scrape-config.yaml"
 PROMETHEUS_BUILD = ROOT / "hack" / "prometheus" / "build.sh"
 TRAEFIK_BUILD = ROOT / "hack" / "traefik" / "build.sh"
 KEDA_BUILD = ROOT / "hack" / "keda" / "build.sh"
+GITOPS_BUILD = ROOT / "hack" / "gitops" / "build.sh"
 KEDA_NAMESPACE = "keda"
 FRONT_PROXY_USER = "front-proxy-client"
 """The API server's identity when it proxies to an aggregated API (KEDA's external metrics)."""
@@ -59,6 +60,9 @@ GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"
 
 
 RBAC_RULES = ROOT / "charts" / "modelyard" / "files" / "clusterrole-rules.yaml"
+LEADER_ELECTION_RULES = ROOT / "charts" / "modelyard" / "files" / "leader-election-rules.yaml"
+OPERATOR_NAMESPACE = "modelyard-system"
+"""The operator's own namespace on the local cluster: its leader election Lease lives there."""
 
 
 def prometheus_rbac() -> list[dict[str, Any]]:
@@ -95,6 +99,11 @@ def find_keda() -> Path:
     return _built(KEDA_BUILD, "MODELYARD_KEDA_DIR", "keda-operator")
 
 
+def find_gitops_check() -> Path:
+    """gitops-check: the kstatus library (Flux) and gopher-lua as Argo CD runs health.lua (hack/gitops/build.sh)."""
+    return _built(GITOPS_BUILD, "MODELYARD_GITOPS_DIR", "gitops-check") / "gitops-check"
+
+
 def find_prometheus() -> str:
     """Prometheus with Kubernetes service discovery: $MODELYARD_PROMETHEUS, else hack/prometheus/build.sh's (built
     from the Go module proxy once, then cached). Not one from PATH: Debian's is built without kubernetes_sd."""
@@ -112,12 +121,20 @@ def operator_rbac() -> list[dict[str, Any]]:
     """The chart's ClusterRole bound to user modelyard-operator: the operator runs with only what the chart grants."""
     rules = yaml.safe_load(RBAC_RULES.read_text())
     role = {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "modelyard-operator"}
+    user = [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR_USER}]
+    lease = {"name": "modelyard-operator-leader-election", "namespace": OPERATOR_NAMESPACE}
     return [
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
          "metadata": {"name": "modelyard-operator"}, "rules": rules},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-         "metadata": {"name": "modelyard-operator"}, "roleRef": role,
-         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": OPERATOR_USER}]},
+         "metadata": {"name": "modelyard-operator"}, "roleRef": role, "subjects": user},
+        # The chart's Role for the leader election's Lease, in the operator's namespace.
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": lease,
+         "rules": yaml.safe_load(LEADER_ELECTION_RULES.read_text())},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": lease,
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": lease["name"]},
+         "subjects": user},
     ]
 
 

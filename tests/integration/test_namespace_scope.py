@@ -45,7 +45,8 @@ def test_an_operator_watching_one_namespace_leaves_the_others_alone(
             proc.terminate()
             proc.wait(timeout=20)
         untouched = admin.get(MODEL_DEPLOYMENTS, other, "scoped") or {}
-        assert "status" not in untouched, untouched.get("status")
+        # Only the CRD's default (observedGeneration 0: nobody has reported on it), no word of the operator's.
+        assert untouched.get("status") == {"observedGeneration": 0}, untouched.get("status")
         assert admin.list_by_labels(DEPLOYMENTS, other, {"modelyard.dev/deployment": "scoped"}) == []
         requests = [e["requestURI"] for e in cluster.audit_events()[mark:]
                     if e.get("user", {}).get("username") == "modelyard-operator"]

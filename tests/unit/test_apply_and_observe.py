@@ -80,6 +80,18 @@ def test_unschedulable_pod_gives_the_scheduler_message() -> None:
     assert "3 Insufficient nvidia.com/gpu" in state.message
 
 
+def test_the_deployments_progress_deadline_ends_the_wait_for_a_pod_that_cannot_be_scheduled() -> None:
+    pod = {"status": {"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                      "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]}}
+    gave_up = deployment(0)
+    gave_up["status"]["conditions"] = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                                        "message": 'ReplicaSet "m-r-5d4" has timed out progressing.'}]
+    state = observe_revision("r", gave_up, [pod], 2)
+    assert state.reason == "ProgressDeadlineExceeded"
+    assert state.message == ('0/2 replicas ready; ReplicaSet "m-r-5d4" has timed out progressing.; 0/3 nodes are '
+                             'available: 3 Insufficient nvidia.com/gpu.'), state.message
+
+
 def test_waiting_container_reason_is_surfaced() -> None:
     pod = {"status": {"containerStatuses": [{"name": "triton", "state": {"waiting": {
         "reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}]}}

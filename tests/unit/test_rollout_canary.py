@@ -208,7 +208,9 @@ def test_the_operator_wakes_for_the_next_analysis_a_pause_end_or_a_drain_end() -
     promoted = step(s, 80, promote=True).status
     assert wake_after(promoted, SPEC, 90, drain_seconds=30) == 20
     assert wake_after(promoted, SPEC, 200, drain_seconds=30) is None
-    assert wake_after(step(s, 80, abort=True).status, SPEC, 90, drain_seconds=30) is None
+    rolled_back = step(s, 80, abort=True).status  # its pods drain 30 s too, then are scaled down
+    assert wake_after(rolled_back, SPEC, 90, drain_seconds=30) == 20
+    assert wake_after(rolled_back, SPEC, 200, drain_seconds=30) is None
     assert wake_after(None, SPEC, 0, drain_seconds=30) is None
 
 

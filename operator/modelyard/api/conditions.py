@@ -18,6 +18,10 @@ class ConditionType(StrEnum):
     """With spec.conversion: the converted model computes what the source computes (the message has the numbers)."""
     PROGRESSING = "Progressing"
     """With rollout.strategy canary: where the canary rollout stands; False once a canary was rolled back."""
+    RECONCILING = "Reconciling"
+    """kstatus: present (True) while the operator works towards the spec (modelyard.status.kstatus)."""
+    STALLED = "Stalled"
+    """kstatus: present (True) when the spec cannot be served without a change by a person."""
 
 
 class Reason(StrEnum):

@@ -217,6 +217,9 @@ def model_deployment_crd() -> dict[str, Any]:
                                 "status": {
                                     **_schema_of(v1.ModelDeploymentStatus),
                                     "description": "What the operator observed; written by the operator only.",
+                                    # Before the operator's first word the object reads as in progress, not
+                                    # Current: kstatus (Flux) compares observedGeneration with the generation.
+                                    "default": {"observedGeneration": 0},
                                 },
                             },
                         }

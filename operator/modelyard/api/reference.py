@@ -149,6 +149,9 @@ def api_reference_markdown() -> str:
         "",
         "## Condition reasons (Ready, Converted, Validated, Progressing)",
         "",
+        "`Reconciling` and `Stalled` (kstatus, for Flux and Argo CD: [gitops.md](gitops.md)) are present only while "
+        "True and repeat the reason and message of the condition they summarise.",
+        "",
         "| reason | meaning |",
         "| --- | --- |",
         *[f"| `{reason}` | {text} |" for reason, text in REASONS.items()],

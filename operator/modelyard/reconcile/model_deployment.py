@@ -56,6 +56,7 @@ from modelyard.rollout.canary import PROMOTED, ROLLED_BACK, Decision, wake_after
 from modelyard.settings import DEFAULT_CONVERTER_IMAGE
 from modelyard.status.conditions import Clock, set_condition, transitions, utc_now
 from modelyard.status.conversion import ConversionState, describe_artifact, describe_validation, observe_conversion
+from modelyard.status.kstatus import kstatus_conditions
 from modelyard.status.revision import RevisionState, observe_revision
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def reconcile_model_deployment(
         return Outcome(revision, None, False, writer.count)
     except Stop as stop:
         status = _failed_status(md, revision, stop.reason, stop.message, clock)
-        writes = writer.count + _write_status(kube, md.metadata, md.status, status)
+        writes = writer.count + _write_status(kube, md.metadata, md.status, status, clock)
         return Outcome(revision, None, False, writes)
 
     latest, serving_state = rolled.latest, rolled.serving
@@ -188,7 +189,7 @@ def reconcile_model_deployment(
         rollout=rolled.rollout,
         scaling=rolled.scaling,
     )
-    writes = writer.count + _write_status(kube, md.metadata, md.status, status)
+    writes = writer.count + _write_status(kube, md.metadata, md.status, status, clock)
     event = decision.reason if decision is not None and decision.event else None
     if decision is not None and decision.event:
         writes += _rollout_event(kube, md.metadata, decision)
@@ -357,6 +358,10 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
     canary_mode = md.spec.rollout is not None and md.spec.rollout.strategy == "canary" and md.spec.traffic is not None
     prior = md.status.rollout
     rolled_back = (canary_mode and prior is not None and prior.canary == revision and prior.phase == "RolledBack")
+    # A rolled-back canary drains as a replaced revision does: weight 0 at once (the decision), its pods go after
+    # the drain period, so that requests the gateway had already sent it finish instead of failing at the gateway.
+    drained_back = rolled_back and (prior is None or prior.finished_at is None
+                                    or now >= prior.finished_at + ctx.drain_seconds)
     decision: Decision | None = None
     note = ""
     rollout: RolloutStatus | None = None
@@ -374,7 +379,7 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
                 desired = render_triton_deployment(md, revision, conversion.key if conversion else None)
             except UnservableSource as exc:
                 raise Stop(Reason.SOURCE_UNSUPPORTED, str(exc)) from exc
-            if rolled_back:  # a rolled-back canary stays scaled down until the spec changes
+            if drained_back:  # a rolled-back canary stays scaled down until the spec changes
                 desired = _scaled(desired, 0)
             stable_deployment = by_revision.get(selected or "") if selected != revision else None
             start = (canary_replicas(md, stable_deployment, prior if prior and prior.canary == revision else None, 0)
@@ -382,7 +387,7 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
             by_revision[revision] = apply_revision(writer, md, by_revision.get(revision), desired,
                                                    by_revision.get(selected or ""), rolled_back, start)
             pods = kube.list_by_labels(PODS, ns, server_selector(md, revision))
-            latest = observe_revision(revision, by_revision[revision], pods, 0 if rolled_back else replicas)
+            latest = observe_revision(revision, by_revision[revision], pods, 0 if drained_back else replicas)
 
         previous = selected if selected in by_revision and selected != revision else None
         if canary_mode and previous is not None:
@@ -391,8 +396,6 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
             decision, note, rollout = view.decision, view.note, view.decision.status
             if scaling is not None and rollout.phase in ("Progressing", "Paused"):
                 canary_count = canary_replicas(md, by_revision[previous], rollout, decision.weight)
-            if rollout.phase == "RolledBack" and not rolled_back and desired is not None:
-                by_revision[revision] = writer.ensure(by_revision[revision], _scaled(desired, 0))
             serving = revision if rollout.phase == "Promoted" else previous
             weights = {previous: 100 - decision.weight, revision: decision.weight}
         else:
@@ -478,14 +481,18 @@ def _failed_status(
     )
 
 
-_QUIET_CONDITIONS = frozenset({ConditionType.PROGRESSING})
-"""Conditions whose transitions are not events of their own: the rollout records its events, with the numbers."""
+_QUIET_CONDITIONS = frozenset({ConditionType.PROGRESSING, ConditionType.RECONCILING, ConditionType.STALLED})
+"""Conditions whose transitions are not events of their own: the rollout records its events, with the numbers;
+Reconciling and Stalled repeat the others."""
 
 
 def _write_status(
-    kube: Kube, meta: ObjectMeta, current: ModelDeploymentStatus, status: ModelDeploymentStatus
+    kube: Kube, meta: ObjectMeta, current: ModelDeploymentStatus, status: ModelDeploymentStatus, clock: Clock
 ) -> int:
-    """Apply the status when it changed, and record an event for each condition that moved. Returns writes."""
+    """Apply the status (with kstatus's Reconciling and Stalled summed up from its other conditions) when it
+    changed, and record an event for each condition that moved. Returns writes."""
+    status = status.model_copy(update={"conditions": kstatus_conditions(status.conditions, status.observed_generation,
+                                                                        clock)})
     if status == current:
         return 0
     body = {
@@ -530,4 +537,4 @@ def report_invalid_spec(kube: Kube, body: Obj, message: str, clock: Clock = utc_
     status = current.model_copy(update={"observed_generation": meta.get("generation"), "conditions": conditions})
     if status == current:
         return 0
-    return _write_status(kube, ObjectMeta.model_validate(meta), current, status)
+    return _write_status(kube, ObjectMeta.model_validate(meta), current, status, clock)

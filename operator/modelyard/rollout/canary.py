@@ -10,8 +10,9 @@ operator restart resumes at the same step with the same weight. Rules:
   before promotion (100%), it waits until its Ready pods can carry that share; meanwhile it keeps the weight it has
   while any of its pods is Ready (a canary that grows is not a canary that fails);
 - a pause holds for its duration, or, without one, until a person resumes that step;
-- failed analyses count over the whole rollout; at failureLimit the canary is rolled back: weight 0 at once,
-  and the revision stays rolled back (it is remembered) until the spec changes again;
+- failed analyses count over the whole rollout; at failureLimit the canary is rolled back: weight 0 at once (its
+  pods drain, then are scaled to 0), and the revision stays rolled back (it is remembered) until the spec changes
+  again;
 - after the last step the canary is promoted: weight 100, it becomes the stable revision;
 - a person can pause (spec.rollout.paused: analysis goes on), promote now (the remaining steps are skipped; the
   canary still gets its full share of pods first), or abort.
@@ -260,7 +261,7 @@ def wake_after(state: RolloutStatus | None, spec: Rollout, now: float, drain_sec
         steps = spec.canary.steps
         if state.step < len(steps) and (pause := steps[state.step].pause) and pause.duration:
             times.append(state.step_started_at + seconds(pause.duration))
-    elif state.phase == "Promoted" and state.finished_at is not None:
-        times.append(state.finished_at + drain_seconds)
+    elif state.phase in ("Promoted", "RolledBack") and state.finished_at is not None:
+        times.append(state.finished_at + drain_seconds)  # the predecessor, or the rolled-back canary, drains
     future = [t - now for t in times if t > now]
     return max(min(future), 0.5) if future else None

@@ -98,12 +98,13 @@ def observe_revision(revision: str, deployment: Obj | None, pods: list[Obj], des
     if available:
         return RevisionState(revision, spec_replicas, ready, True, Reason.AVAILABLE, counts)
     problem = _pod_problem(pods)
-    if problem:
-        return RevisionState(revision, spec_replicas, ready, False, problem[0], f"{counts}; {problem[1]}")
     progressing = _deployment_condition(deployment, "Progressing")
     if progressing and progressing.get("reason") == Reason.PROGRESS_DEADLINE_EXCEEDED:
-        return RevisionState(
-            revision, spec_replicas, ready, False, Reason.PROGRESS_DEADLINE_EXCEEDED,
-            f"{counts}; {progressing.get('message', '')}".rstrip("; "),
-        )
+        # The Deployment gave up waiting (its progressDeadlineSeconds): that ends a wait that could have healed on
+        # its own (a pod that cannot be scheduled yet, an image that does not pull yet). The pod's problem stays in
+        # the message.
+        details = "; ".join(d for d in (counts, progressing.get("message", ""), problem[1] if problem else "") if d)
+        return RevisionState(revision, spec_replicas, ready, False, Reason.PROGRESS_DEADLINE_EXCEEDED, details)
+    if problem:
+        return RevisionState(revision, spec_replicas, ready, False, problem[0], f"{counts}; {problem[1]}")
     return RevisionState(revision, spec_replicas, ready, False, Reason.PROGRESSING, counts)
