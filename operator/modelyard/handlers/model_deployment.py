@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections import defaultdict
@@ -25,6 +26,7 @@ from modelyard.api.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from modelyard.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment
 from modelyard.api.v1alpha1.rollout import Analysis, Measurement
 from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube, load_api_client
+from modelyard.kube.leader import LeaderElector
 from modelyard.measure.prometheus import Prometheus, measure
 from modelyard.measure.promql import Backend
 from modelyard.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUT_EVENTS
@@ -38,6 +40,11 @@ _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Loc
 _state: dict[str, Any] = {}
 _timers: dict[tuple[str, str], tuple[float, threading.Timer]] = {}
 _timers_lock = threading.Lock()
+_leading = threading.Event()
+"""Set while this replica may reconcile: always without leader election, while it holds the Lease with it."""
+_stopping = threading.Event()
+_inflight = threading.Condition()
+_running = 0
 
 
 def _kube() -> Kube:
@@ -59,6 +66,11 @@ def reconcile_key(namespace: str, name: str) -> None:
     reconcile wrote, and reconciling from it would repeat that write and its events.
     """
     key = (namespace, name)
+    global _running
+    with _inflight:
+        if not _leading.is_set() or _stopping.is_set():
+            return  # a follower (or a replica shutting down) watches and waits; the leader does the work
+        _running += 1
     try:
         _reconcile(namespace, name)
     except ApiException as exc:  # conflicts, 5xx, throttling
@@ -78,6 +90,10 @@ def reconcile_key(namespace: str, name: str) -> None:
         _report_failure(namespace, name, exc)
     else:
         _failures.pop(key, None)
+    finally:
+        with _inflight:
+            _running -= 1
+            _inflight.notify_all()
 
 
 def _report_failure(namespace: str, name: str, exc: Exception) -> None:
@@ -159,6 +175,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     _state["settings"] = own
     _state["analyst"] = _analyst(own.prometheus_url) if own.prometheus_url else None
     _state["kube"] = Kube(load_api_client(own.kubeconfig), own.field_manager)
+    if own.leader_election:
+        _state["elector"] = LeaderElector(_state["kube"], own.leader_election_namespace, own.leader_election_id,
+                                          on_started=_became_leader, on_lost=_lost_leadership).start()
+    else:
+        _leading.set()
     settings.posting.enabled = False  # events are recorded by the reconcile, on condition transitions only
     settings.peering.standalone = True
     settings.watching.server_timeout = 300
@@ -171,15 +192,58 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 @kopf.on.cleanup()
 async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
+    """Graceful stop (SIGTERM): start no reconcile, let the running ones finish (each is one pass that a later
+    reconcile can resume: level-triggered, nothing half-remembered), then hand the Lease over."""
     task = memo.get("resync")
     if task is not None:
         task.cancel()
+    _stopping.set()
+    await asyncio.get_running_loop().run_in_executor(None, _drain, SHUTDOWN_WAIT)
+    elector: LeaderElector | None = _state.get("elector")
+    if elector is not None:
+        await asyncio.get_running_loop().run_in_executor(None, elector.stop)
+
+
+SHUTDOWN_WAIT = 20.0
+"""Seconds a stopping operator waits for running reconciles (within the pod's 30 s termination grace period)."""
+
+
+def _drain(timeout: float) -> bool:
+    with _inflight:
+        done = _inflight.wait_for(lambda: _running == 0, timeout=timeout)
+    if not done:
+        log.warning("stopping with %d reconcile(s) still running: the next leader resumes them", _running)
+    return done
+
+
+def _became_leader() -> None:
+    """Leading now: every model gets a reconcile at once (the previous leader may have left work half done)."""
+    _leading.set()
+    threading.Thread(target=_reconcile_all, name="resync-on-leadership", daemon=True).start()
+
+
+def _reconcile_all() -> None:
+    try:
+        for meta in (item["metadata"] for item in _list_all()):
+            reconcile_key(meta["namespace"], meta["name"])
+    except (ApiException, *UNREACHABLE) as exc:
+        log.warning("could not list the models on becoming the leader (%s); the resync will", str(exc)[:300])
+
+
+def _lost_leadership() -> None:
+    """Another replica may lead now: stop at once, as controller-runtime does; the pod restarts as a candidate."""
+    _leading.clear()
+    log.error("lost the leader election: exiting so that this replica restarts as a candidate")
+    logging.shutdown()
+    os._exit(1)
 
 
 async def _resync_forever(interval: float) -> None:
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(interval)
+        if not _leading.is_set():
+            continue
         try:
             items = await loop.run_in_executor(None, _list_all)
             for meta in (item["metadata"] for item in items):

@@ -81,7 +81,8 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 
 class Kube:
-    """Reads and writes the objects the operator manages. Every write is a server-side apply, a delete or an event."""
+    """Reads and writes the objects the operator manages. Every write is a server-side apply, a delete or an event;
+    the leader election's Lease alone is created and replaced (compare-and-swap on its resourceVersion)."""
 
     def __init__(self, api: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
         self.api = api
@@ -140,6 +141,24 @@ class Kube:
 
     def apply_status(self, obj: Obj) -> Obj:
         return self.apply(obj, subresource="status")
+
+    def create(self, res: Resource, namespace: str, body: Obj) -> Obj | None:
+        """Create, or None when the object exists already: a compare-and-swap for the leader election's Lease."""
+        try:
+            return self._call("POST", res.path(namespace), body=body)
+        except client.ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    def replace(self, res: Resource, namespace: str, name: str, body: Obj) -> Obj | None:
+        """Update at the body's resourceVersion, or None when it moved: the leader election's compare-and-swap."""
+        try:
+            return self._call("PUT", res.path(namespace, name), body=body)
+        except client.ApiException as exc:
+            if exc.status == 409:
+                return None
+            raise
 
     def delete(self, res: Resource, namespace: str, name: str) -> None:
         try:
