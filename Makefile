@@ -38,6 +38,10 @@ gateway: ## Build (once, cached in ~/.cache/modelyard) Traefik and the Gateway A
 keda: ## Build (once, cached in ~/.cache/modelyard) KEDA's operator and metrics adapter for the local cluster
 	@bash hack/keda/build.sh >/dev/null
 
+.PHONY: helm
+helm: ## Build (once, cached in ~/.cache/modelyard) helm, for the chart's lint, render and install tests
+	@bash hack/helm/build.sh >/dev/null
+
 .PHONY: gitops
 gitops: ## Build (once, cached in ~/.cache/modelyard) gitops-check: kstatus (Flux) and Argo CD's Lua, for the GitOps tests
 	@bash hack/gitops/build.sh >/dev/null
@@ -59,15 +63,15 @@ test-unit: venv ## Unit tests: renderers against golden files, schema, hashing
 	$(PYTEST) tests/unit
 
 .PHONY: test-integration
-test-integration: venv control-plane prometheus gateway keda gitops ## Integration tests against a real local kube-apiserver
+test-integration: venv control-plane prometheus gateway keda gitops helm ## Integration tests against a real local kube-apiserver
 	$(PYTEST) tests/integration
 
 .PHONY: test-e2e
-test-e2e: venv control-plane prometheus gateway keda gitops ## E2E: the operator on the local cluster: kwok nodes and real Triton pods
+test-e2e: venv control-plane prometheus gateway keda gitops helm ## E2E: the operator on the local cluster: kwok nodes and real Triton pods
 	$(PYTEST) tests/e2e
 
 .PHONY: test
-test: lint control-plane prometheus gateway keda gitops ## Everything: lint, then unit, process-kubelet, integration and e2e tests
+test: lint control-plane prometheus gateway keda gitops helm ## Everything: lint, then unit, process-kubelet, integration and e2e tests
 	$(PYTEST) tests
 
 .PHONY: golden

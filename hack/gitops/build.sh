@@ -4,22 +4,15 @@
 # the directory on stdout; the rest goes to stderr.
 #
 # Pinned in hack/gitops/go.mod and go.sum: github.com/fluxcd/cli-utils v0.36.0-flux.13 (Flux's fork of kstatus)
-# and github.com/yuin/gopher-lua v1.1.1 (the interpreter Argo CD embeds). About 30 s on 2 cores with an empty Go
-# build cache.
-set -euo pipefail
+# and github.com/yuin/gopher-lua v1.1.1 (the interpreter Argo CD embeds). About 30 s on 2 cores.
+. "$(dirname "$0")/../lib/build.sh"
 
 here="$(cd "$(dirname "$0")" && pwd)"
-cache="${MODELYARD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/modelyard}"
-hash=$(cat "$here/main.go" "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-12)
-out="$cache/bin/gitops-check-$hash"
-if [ -x "$out/gitops-check" ]; then echo "$out"; exit 0; fi
-
-command -v go >/dev/null || { echo "gitops-check: 'go' is required to build it and was not found" >&2; exit 1; }
-start=$(date +%s)
-echo "gitops-check: building from the Go module proxy (first run only)" >&2
+out="$MODELYARD_CACHE/bin/gitops-check-$(cat "$here/main.go" "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-12)"
+cached "$out" gitops-check
+build_start gitops-check
 mkdir -p "$out"
 (cd "$here" && CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" \
   go build -trimpath -ldflags "-s -w" -o "$out/gitops-check.tmp" .)
 mv "$out/gitops-check.tmp" "$out/gitops-check"
-echo "gitops-check: ready in $(( $(date +%s) - start ))s" >&2
-echo "$out"
+build_done "$out"

@@ -49,6 +49,7 @@ PROMETHEUS_BUILD = ROOT / "hack" / "prometheus" / "build.sh"
 TRAEFIK_BUILD = ROOT / "hack" / "traefik" / "build.sh"
 KEDA_BUILD = ROOT / "hack" / "keda" / "build.sh"
 GITOPS_BUILD = ROOT / "hack" / "gitops" / "build.sh"
+HELM_BUILD = ROOT / "hack" / "helm" / "build.sh"
 KEDA_NAMESPACE = "keda"
 FRONT_PROXY_USER = "front-proxy-client"
 """The API server's identity when it proxies to an aggregated API (KEDA's external metrics)."""
@@ -102,6 +103,11 @@ def find_keda() -> Path:
 def find_gitops_check() -> Path:
     """gitops-check: the kstatus library (Flux) and gopher-lua as Argo CD runs health.lua (hack/gitops/build.sh)."""
     return _built(GITOPS_BUILD, "MODELYARD_GITOPS_DIR", "gitops-check") / "gitops-check"
+
+
+def find_helm() -> Path:
+    """helm, built from the Go module proxy (hack/helm/build.sh; cached), or $MODELYARD_HELM_DIR's."""
+    return _built(HELM_BUILD, "MODELYARD_HELM_DIR", "helm") / "helm"
 
 
 def find_prometheus() -> str:

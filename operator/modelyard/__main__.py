@@ -14,10 +14,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the operator on every namespace, or on the ones given with -n."""
     parser = argparse.ArgumentParser(prog="modelyard-operator", description=__doc__)
     parser.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (--log-level=debug)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning"], default="info",
+                        help="info: what the operator does; warning: problems only; debug: every reconcile")
     parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz", help="kopf's liveness endpoint")
     args = parser.parse_args(argv)
-    kopf.configure(verbose=args.verbose)
+    debug = args.verbose or args.log_level == "debug"
+    kopf.configure(verbose=debug, quiet=args.log_level == "warning" and not debug)
     modelyard.handlers.model_deployment.watch_namespaces(args.namespace)
     kopf.run(
         clusterwide=not args.namespace,
