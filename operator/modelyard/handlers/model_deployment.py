@@ -29,7 +29,16 @@ from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube, load_api_client
 from modelyard.kube.leader import LeaderElector
 from modelyard.measure.prometheus import Prometheus, measure
 from modelyard.measure.promql import Backend
-from modelyard.metrics import RECONCILE_ERRORS, RECONCILE_SECONDS, RECONCILES, ROLLOUT_EVENTS
+from modelyard.metrics import (
+    LEADER,
+    MODELS,
+    RECONCILE_ERRORS,
+    RECONCILE_SECONDS,
+    RECONCILES,
+    RECONCILES_RUNNING,
+    REQUEUES_PENDING,
+    ROLLOUT_EVENTS,
+)
 from modelyard.reconcile.model_deployment import reconcile_model_deployment, report_invalid_spec
 from modelyard.reconcile.rollout import Analyst
 from modelyard.settings import Settings
@@ -71,6 +80,7 @@ def reconcile_key(namespace: str, name: str) -> None:
         if not _leading.is_set() or _stopping.is_set():
             return  # a follower (or a replica shutting down) watches and waits; the leader does the work
         _running += 1
+        RECONCILES_RUNNING.set(_running)
     try:
         _reconcile(namespace, name)
     except ApiException as exc:  # conflicts, 5xx, throttling
@@ -93,6 +103,7 @@ def reconcile_key(namespace: str, name: str) -> None:
     finally:
         with _inflight:
             _running -= 1
+            RECONCILES_RUNNING.set(_running)
             _inflight.notify_all()
 
 
@@ -131,6 +142,8 @@ def _reconcile(namespace: str, name: str) -> None:
                                              prometheus_url=own.prometheus_url)
         if outcome.rollout_event:
             ROLLOUT_EVENTS.labels(reason=outcome.rollout_event).inc()
+        if outcome.reason is not None:
+            MODELS.set(namespace, name, outcome.ready, outcome.reason)
         if outcome.requeue_after is not None:
             _requeue(namespace, name, outcome.requeue_after)
 
@@ -148,12 +161,14 @@ def _requeue(namespace: str, name: str, delay: float) -> None:
         timer = threading.Timer(delay, _fire, args=(namespace, name))
         timer.daemon = True
         _timers[key] = (due, timer)
+        REQUEUES_PENDING.set(len(_timers))
         timer.start()
 
 
 def _fire(namespace: str, name: str) -> None:
     with _timers_lock:
         _timers.pop((namespace, name), None)
+        REQUEUES_PENDING.set(len(_timers))
     try:
         reconcile_key(namespace, name)
     except Exception:  # a timer thread has no caller to raise to; the next event or resync tries again
@@ -180,6 +195,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
                                           on_started=_became_leader, on_lost=_lost_leadership).start()
     else:
         _leading.set()
+        LEADER.set(1)
     settings.posting.enabled = False  # events are recorded by the reconcile, on condition transitions only
     settings.peering.standalone = True
     settings.watching.server_timeout = 300
@@ -219,6 +235,7 @@ def _drain(timeout: float) -> bool:
 def _became_leader() -> None:
     """Leading now: every model gets a reconcile at once (the previous leader may have left work half done)."""
     _leading.set()
+    LEADER.set(1)
     threading.Thread(target=_reconcile_all, name="resync-on-leadership", daemon=True).start()
 
 
@@ -267,6 +284,7 @@ def _list_all() -> list[dict[str, Any]]:
 def model_deployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:
     if type == "DELETED":
         _locks.pop((body.metadata.namespace or "", body.metadata.name or ""), None)
+        MODELS.forget(body.metadata.namespace or "", body.metadata.name or "")
         return  # owner references let the garbage collector remove the children
     reconcile_key(body.metadata.namespace or "", body.metadata.name or "")
 

@@ -74,6 +74,8 @@ class Outcome:
     """Seconds until the rollout has something to do without any event (an analysis, a pause's end, a drain)."""
     rollout_event: str | None = None
     """The reason of the rollout event this reconcile recorded, if any (for the operator's metrics)."""
+    reason: str | None = None
+    """The Ready condition's reason now (for the operator's metrics); None when nothing was decided."""
 
 
 def _revision_status(state: RevisionState, traffic: int, repository: str | None = None) -> RevisionStatus:
@@ -136,7 +138,7 @@ def reconcile_model_deployment(
     except Stop as stop:
         status = _failed_status(md, revision, stop.reason, stop.message, clock)
         writes = writer.count + _write_status(kube, md.metadata, md.status, status, clock)
-        return Outcome(revision, None, False, writes)
+        return Outcome(revision, None, False, writes, reason=stop.reason)
 
     latest, serving_state = rolled.latest, rolled.serving
     serving = serving_state.revision if serving_state else None
@@ -201,7 +203,7 @@ def reconcile_model_deployment(
         drained = max(rolled.retired.since + ctx.drain_seconds - now, 0.5)
         requeue = drained if requeue is None else min(requeue, drained)
     log.debug("reconciled %s/%s revision=%s serving=%s writes=%d", ns, md.metadata.name, revision, serving, writes)
-    return Outcome(revision, serving, ready, writes, requeue, event)
+    return Outcome(revision, serving, ready, writes, requeue, event, reason)
 
 
 def _progressing_condition(conditions: list[Condition], md: ModelDeployment, rolled: _RollOut, revision: str,
