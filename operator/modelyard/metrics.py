@@ -25,6 +25,7 @@ ROLLOUT_EVENTS = Counter(
     ["reason"],
 )
 RECONCILES_RUNNING = Gauge("modelyard_reconciles_in_flight", "Reconciles running now.")
+QUEUE_DEPTH = Gauge("modelyard_queue_depth", "Models waiting for a reconcile worker.")
 REQUEUES_PENDING = Gauge("modelyard_requeues_pending",
                          "Models waiting for a timed reconcile (a rollout's next analysis, a drain's end, a retry).")
 LEADER = Gauge("modelyard_leader", "1 while this replica reconciles (it holds the Lease, or runs without leader "

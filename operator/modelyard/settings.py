@@ -24,6 +24,8 @@ class Settings:
     """Prometheus that canary analysis asks; without it a canary waits, reported as not measurable."""
     drain_seconds: float = 30.0
     """After a promotion, how long the old revision stays behind the route at weight 0 before it is removed."""
+    workers: int = 4
+    """Reconciles that run at once, across models (one at a time for any one model)."""
     leader_election: bool = False
     """Reconcile only while holding the Lease (run several replicas); off: this process always reconciles."""
     leader_election_namespace: str = "default"
@@ -42,6 +44,7 @@ class Settings:
             converter_image=env.get("MODELYARD_CONVERTER_IMAGE", DEFAULT_CONVERTER_IMAGE),
             prometheus_url=env.get("MODELYARD_PROMETHEUS_URL") or None,
             drain_seconds=float(env.get("MODELYARD_DRAIN_SECONDS", "30")),
+            workers=int(env.get("MODELYARD_WORKERS", "4")),
             leader_election=_flag(env.get("MODELYARD_LEADER_ELECTION", "false"), "MODELYARD_LEADER_ELECTION"),
             leader_election_namespace=env.get("MODELYARD_LEADER_ELECTION_NAMESPACE") or _own_namespace(),
             leader_election_id=env.get("MODELYARD_LEADER_ELECTION_ID", "modelyard-operator"),

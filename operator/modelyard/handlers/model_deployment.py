@@ -1,9 +1,10 @@
 """kopf entry points for ModelDeployments and the children whose changes should wake their owner.
 
 The operator is level-triggered: every watch event of a ModelDeployment or of one of its children, and a
-periodic resync, runs the same reconcile. kopf's change-tracking handlers (on.create/update) are not used: they
-store a diff base on the object, and timers add a finalizer; this operator writes nothing on a ModelDeployment
-but its status.
+periodic resync, queues the same reconcile of the model (handlers/workqueue.py: a key at most once, events before
+the resync's pass, a fixed number of workers, timed requeues and retries with back-off). kopf's change-tracking
+handlers (on.create/update) are not used: they store a diff base on the object, and timers add a finalizer; this
+operator writes nothing on a ModelDeployment but its status.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -25,6 +25,7 @@ from modelyard.api.conditions import Reason
 from modelyard.api.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from modelyard.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment
 from modelyard.api.v1alpha1.rollout import Analysis, Measurement
+from modelyard.handlers.workqueue import HIGH, LOW, WorkQueue
 from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube, load_api_client
 from modelyard.kube.leader import LeaderElector
 from modelyard.measure.prometheus import Prometheus, measure
@@ -32,6 +33,7 @@ from modelyard.measure.promql import Backend
 from modelyard.metrics import (
     LEADER,
     MODELS,
+    QUEUE_DEPTH,
     RECONCILE_ERRORS,
     RECONCILE_SECONDS,
     RECONCILES,
@@ -47,13 +49,20 @@ log = logging.getLogger("modelyard")
 
 _locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
 _state: dict[str, Any] = {}
-_timers: dict[tuple[str, str], tuple[float, threading.Timer]] = {}
-_timers_lock = threading.Lock()
 _leading = threading.Event()
 """Set while this replica may reconcile: always without leader election, while it holds the Lease with it."""
 _stopping = threading.Event()
-_inflight = threading.Condition()
-_running = 0
+
+
+def _queue() -> WorkQueue:
+    queue: WorkQueue = _state["queue"]
+    return queue
+
+
+def enqueue(namespace: str, name: str, priority: int = HIGH) -> None:
+    """Queue a reconcile of one model (a follower queues nothing: it stands by)."""
+    if _leading.is_set() and not _stopping.is_set() and "queue" in _state:
+        _queue().add((namespace, name), priority)
 
 
 def _kube() -> Kube:
@@ -75,12 +84,8 @@ def reconcile_key(namespace: str, name: str) -> None:
     reconcile wrote, and reconciling from it would repeat that write and its events.
     """
     key = (namespace, name)
-    global _running
-    with _inflight:
-        if not _leading.is_set() or _stopping.is_set():
-            return  # a follower (or a replica shutting down) watches and waits; the leader does the work
-        _running += 1
-        RECONCILES_RUNNING.set(_running)
+    if not _leading.is_set() or _stopping.is_set():
+        return  # a follower (or a replica shutting down) watches and waits; the leader does the work
     try:
         _reconcile(namespace, name)
     except ApiException as exc:  # conflicts, 5xx, throttling
@@ -100,11 +105,6 @@ def reconcile_key(namespace: str, name: str) -> None:
         _report_failure(namespace, name, exc)
     else:
         _failures.pop(key, None)
-    finally:
-        with _inflight:
-            _running -= 1
-            RECONCILES_RUNNING.set(_running)
-            _inflight.notify_all()
 
 
 def _report_failure(namespace: str, name: str, exc: Exception) -> None:
@@ -149,30 +149,9 @@ def _reconcile(namespace: str, name: str) -> None:
 
 
 def _requeue(namespace: str, name: str, delay: float) -> None:
-    """Reconcile again after `delay` seconds (a rollout's next analysis, a pause's end): one timer per object,
-    the earliest wins."""
-    key, due = (namespace, name), time.monotonic() + delay
-    with _timers_lock:
-        pending = _timers.get(key)
-        if pending is not None and pending[0] <= due and pending[1].is_alive():
-            return
-        if pending is not None:
-            pending[1].cancel()
-        timer = threading.Timer(delay, _fire, args=(namespace, name))
-        timer.daemon = True
-        _timers[key] = (due, timer)
-        REQUEUES_PENDING.set(len(_timers))
-        timer.start()
-
-
-def _fire(namespace: str, name: str) -> None:
-    with _timers_lock:
-        _timers.pop((namespace, name), None)
-        REQUEUES_PENDING.set(len(_timers))
-    try:
-        reconcile_key(namespace, name)
-    except Exception:  # a timer thread has no caller to raise to; the next event or resync tries again
-        log.exception("timed reconcile of %s/%s failed", namespace, name)
+    """Reconcile again after `delay` seconds (a rollout's next analysis, a pause's end, a retry): one pending
+    time per object, the earliest wins."""
+    _queue().add_after((namespace, name), delay)
 
 
 def _analyst(url: str) -> Analyst:
@@ -190,6 +169,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     _state["settings"] = own
     _state["analyst"] = _analyst(own.prometheus_url) if own.prometheus_url else None
     _state["kube"] = Kube(load_api_client(own.kubeconfig), own.field_manager)
+    queue = _state["queue"] = WorkQueue(lambda key: reconcile_key(*key), workers=own.workers).start()
+    QUEUE_DEPTH.set_function(queue.depth)
+    REQUEUES_PENDING.set_function(queue.pending_timers)
+    RECONCILES_RUNNING.set_function(queue.running)
     if own.leader_election:
         _state["elector"] = LeaderElector(_state["kube"], own.leader_election_namespace, own.leader_election_id,
                                           on_started=_became_leader, on_lost=_lost_leadership).start()
@@ -214,7 +197,11 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     if task is not None:
         task.cancel()
     _stopping.set()
-    await asyncio.get_running_loop().run_in_executor(None, _drain, SHUTDOWN_WAIT)
+    queue: WorkQueue | None = _state.get("queue")
+    if queue is not None:
+        queue.shutdown()
+        if not await asyncio.get_running_loop().run_in_executor(None, queue.wait_idle, SHUTDOWN_WAIT):
+            log.warning("stopping with %d reconcile(s) still running: the next leader resumes them", queue.running())
     elector: LeaderElector | None = _state.get("elector")
     if elector is not None:
         await asyncio.get_running_loop().run_in_executor(None, elector.stop)
@@ -222,14 +209,6 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
 
 SHUTDOWN_WAIT = 20.0
 """Seconds a stopping operator waits for running reconciles (within the pod's 30 s termination grace period)."""
-
-
-def _drain(timeout: float) -> bool:
-    with _inflight:
-        done = _inflight.wait_for(lambda: _running == 0, timeout=timeout)
-    if not done:
-        log.warning("stopping with %d reconcile(s) still running: the next leader resumes them", _running)
-    return done
 
 
 def _became_leader() -> None:
@@ -242,7 +221,7 @@ def _became_leader() -> None:
 def _reconcile_all() -> None:
     try:
         for meta in (item["metadata"] for item in _list_all()):
-            reconcile_key(meta["namespace"], meta["name"])
+            enqueue(meta["namespace"], meta["name"], LOW)
     except (ApiException, *UNREACHABLE) as exc:
         log.warning("could not list the models on becoming the leader (%s); the resync will", str(exc)[:300])
 
@@ -263,8 +242,8 @@ async def _resync_forever(interval: float) -> None:
             continue
         try:
             items = await loop.run_in_executor(None, _list_all)
-            for meta in (item["metadata"] for item in items):
-                await loop.run_in_executor(None, reconcile_key, meta["namespace"], meta["name"])
+            for meta in (item["metadata"] for item in items):  # behind any watch event: the low lane
+                enqueue(meta["namespace"], meta["name"], LOW)
         except (ApiException, *UNREACHABLE) as exc:
             log.warning("resync could not list the models (%s); trying again in %ss", str(exc)[:300], interval)
         except Exception:  # the loop must outlive any single failure
@@ -286,7 +265,7 @@ def model_deployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         _locks.pop((body.metadata.namespace or "", body.metadata.name or ""), None)
         MODELS.forget(body.metadata.namespace or "", body.metadata.name or "")
         return  # owner references let the garbage collector remove the children
-    reconcile_key(body.metadata.namespace or "", body.metadata.name or "")
+    enqueue(body.metadata.namespace or "", body.metadata.name or "")
 
 
 _CHILD_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_DEPLOYMENT: kopf.PRESENT}
@@ -299,4 +278,4 @@ def child_event(body: kopf.Body, **_: Any) -> None:
     """A child changed (pods scheduled, replicas ready): reconcile its owner."""
     owner = body.metadata.labels.get(LABEL_DEPLOYMENT)
     if owner and body.metadata.namespace:
-        reconcile_key(body.metadata.namespace, owner)
+        enqueue(body.metadata.namespace, owner)
