@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,15 @@ class OperatorProcess:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
+
+    def metric(self, name: str) -> float:
+        """The value of one unlabelled series of the operator's /metrics."""
+        url = f"http://127.0.0.1:{self.env['MODELYARD_METRICS_PORT']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(f"{name} "):
+                    return float(line.split()[1])
+        raise AssertionError(f"the operator exports no {name}")
 
     def assert_running(self) -> None:
         assert self.proc.poll() is None, f"the operator exited with {self.proc.returncode}:\n{self.log_tail()}"

@@ -1,10 +1,13 @@
-"""kopf entry points for ModelDeployments and the children whose changes should wake their owner.
+"""The operator's process: kopf runs it (start-up, signals, logging, liveness), the caches watch, a queue works.
 
 The operator is level-triggered: every watch event of a ModelDeployment or of one of its children, and a
 periodic resync, queues the same reconcile of the model (handlers/workqueue.py: a key at most once, events before
-the resync's pass, a fixed number of workers, timed requeues and retries with back-off). kopf's change-tracking
-handlers (on.create/update) are not used: they store a diff base on the object, and timers add a finalizer; this
-operator writes nothing on a ModelDeployment but its status.
+the resync's pass, a fixed number of workers, timed requeues and retries with back-off). The watches are the
+informers of kube/cache.py, whose stores the reconcile reads: a reconcile with nothing to change makes no request,
+and the resync is a pass over the stored models. kopf's own watches are not used: its change-tracking handlers
+(on.create/update) store a diff base on the object, timers add a finalizer (this operator writes nothing on a
+ModelDeployment but its status), and a watch of its that restarts cannot tell which objects went meanwhile, which
+a cache must know.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from kubernetes.client import ApiException
 from pydantic import ValidationError
 
 from modelyard.api.conditions import Reason
-from modelyard.api.names import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
-from modelyard.api.v1alpha1 import GROUP, PLURAL, VERSION, ModelDeployment
+from modelyard.api.names import LABEL_DEPLOYMENT
+from modelyard.api.v1alpha1 import ModelDeployment
 from modelyard.api.v1alpha1.rollout import Analysis, Measurement
 from modelyard.handlers.workqueue import HIGH, LOW, WorkQueue
-from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube, load_api_client
+from modelyard.kube.cache import CACHED, CachedKube, Caches, EventHandler
+from modelyard.kube.client import DEPLOYMENTS, JOBS, MODEL_DEPLOYMENTS, PODS, Kube, Obj, Resource, load_api_client
 from modelyard.kube.leader import LeaderElector
 from modelyard.measure.prometheus import Prometheus, measure
 from modelyard.measure.promql import Backend
@@ -70,6 +74,16 @@ def _kube() -> Kube:
     return kube
 
 
+def _caches() -> Caches:
+    caches: Caches = _state["caches"]
+    return caches
+
+
+_synced = threading.Event()
+SYNC_WAIT = 60.0
+"""Seconds the first reconcile waits for every cache's first list."""
+
+
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 """A failed reconcile is tried again after 0.5 s, then 1, 2, 4 ... up to 30 s, until one succeeds."""
 _failures: dict[tuple[str, str], int] = {}
@@ -86,6 +100,11 @@ def reconcile_key(namespace: str, name: str) -> None:
     key = (namespace, name)
     if not _leading.is_set() or _stopping.is_set():
         return  # a follower (or a replica shutting down) watches and waits; the leader does the work
+    if not _synced.is_set():  # the first reconciles wait for the caches' first lists (reads fall back until then)
+        if not _caches().wait_synced(SYNC_WAIT):
+            log.warning("the caches have not listed everything after %ss; reading from the API server meanwhile",
+                        SYNC_WAIT)
+        _synced.set()
     try:
         _reconcile(namespace, name)
     except ApiException as exc:  # conflicts, 5xx, throttling
@@ -168,11 +187,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     own = Settings.from_env()
     _state["settings"] = own
     _state["analyst"] = _analyst(own.prometheus_url) if own.prometheus_url else None
-    _state["kube"] = Kube(load_api_client(own.kubeconfig), own.field_manager)
+    # The watches get a client (and a connection pool) of their own: each holds a connection while it watches.
+    namespaces = _state.get("namespaces", [])
+    watch_api = load_api_client(own.kubeconfig, pool_size=len(CACHED) * max(len(namespaces), 1) + 2)
+    caches = _state["caches"] = Caches(watch_api, namespaces, _EVENT_HANDLERS)
+    _state["kube"] = CachedKube(load_api_client(own.kubeconfig), own.field_manager, caches)
     queue = _state["queue"] = WorkQueue(lambda key: reconcile_key(*key), workers=own.workers).start()
     QUEUE_DEPTH.set_function(queue.depth)
     REQUEUES_PENDING.set_function(queue.pending_timers)
     RECONCILES_RUNNING.set_function(queue.running)
+    caches.start()  # followers watch too: a new leader starts from warm caches
     if own.leader_election:
         _state["elector"] = LeaderElector(_state["kube"], own.leader_election_namespace, own.leader_election_id,
                                           on_started=_became_leader, on_lost=_lost_leadership).start()
@@ -181,6 +205,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         LEADER.set(1)
     settings.posting.enabled = False  # events are recorded by the reconcile, on condition transitions only
     settings.peering.standalone = True
+    settings.scanning.disabled = True  # kopf watches nothing here: no CRD or namespace scanning either
     settings.watching.server_timeout = 300
     settings.execution.max_workers = 8
     from modelyard.metrics import start_metrics_server
@@ -205,6 +230,9 @@ async def stop_resync(memo: kopf.Memo, **_: Any) -> None:
     elector: LeaderElector | None = _state.get("elector")
     if elector is not None:
         await asyncio.get_running_loop().run_in_executor(None, elector.stop)
+    caches: Caches | None = _state.get("caches")
+    if caches is not None:
+        caches.stop()
 
 
 SHUTDOWN_WAIT = 20.0
@@ -220,8 +248,8 @@ def _became_leader() -> None:
 
 def _reconcile_all() -> None:
     try:
-        for meta in (item["metadata"] for item in _list_all()):
-            enqueue(meta["namespace"], meta["name"], LOW)
+        for namespace, name in _all_models():
+            enqueue(namespace, name, LOW)
     except (ApiException, *UNREACHABLE) as exc:
         log.warning("could not list the models on becoming the leader (%s); the resync will", str(exc)[:300])
 
@@ -241,9 +269,8 @@ async def _resync_forever(interval: float) -> None:
         if not _leading.is_set():
             continue
         try:
-            items = await loop.run_in_executor(None, _list_all)
-            for meta in (item["metadata"] for item in items):  # behind any watch event: the low lane
-                enqueue(meta["namespace"], meta["name"], LOW)
+            for namespace, name in await loop.run_in_executor(None, _all_models):  # behind watch events: low lane
+                enqueue(namespace, name, LOW)
         except (ApiException, *UNREACHABLE) as exc:
             log.warning("resync could not list the models (%s); trying again in %ss", str(exc)[:300], interval)
         except Exception:  # the loop must outlive any single failure
@@ -251,31 +278,38 @@ async def _resync_forever(interval: float) -> None:
 
 
 def watch_namespaces(namespaces: list[str]) -> None:
-    """The namespaces given on the command line (none: all). The resync lists only these, as kopf watches only them."""
+    """The namespaces given on the command line (none: all): the caches list and watch only these."""
     _state["namespaces"] = list(namespaces)
 
 
-def _list_all() -> list[dict[str, Any]]:
-    return _kube().list_in(MODEL_DEPLOYMENTS, _state.get("namespaces", []))
+def _all_models() -> list[tuple[str, str]]:
+    """Every model in the watched namespaces: from the cache (a pass over memory), or listed before it has synced."""
+    store = _caches().usable(MODEL_DEPLOYMENTS)
+    if store is not None:
+        return store.keys()
+    items = _kube().list_in(MODEL_DEPLOYMENTS, _state.get("namespaces", []))
+    return [(item["metadata"]["namespace"], item["metadata"]["name"]) for item in items]
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
-def model_deployment_event(type: str | None, body: kopf.Body, **_: Any) -> None:
-    if type == "DELETED":
-        _locks.pop((body.metadata.namespace or "", body.metadata.name or ""), None)
-        MODELS.forget(body.metadata.namespace or "", body.metadata.name or "")
+def _model_event(type_: str, body: Obj) -> None:
+    meta = body.get("metadata", {})
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    if type_ == "DELETED":
+        _locks.pop((namespace, name), None)
+        MODELS.forget(namespace, name)
         return  # owner references let the garbage collector remove the children
-    enqueue(body.metadata.namespace or "", body.metadata.name or "")
+    enqueue(namespace, name)
 
 
-_CHILD_LABELS: dict[str, Any] = {LABEL_MANAGED_BY: MANAGED_BY, LABEL_DEPLOYMENT: kopf.PRESENT}
+def _child_event(type_: str, body: Obj) -> None:
+    """A child changed (pods scheduled, replicas ready, a Job done): reconcile its owner."""
+    meta = body.get("metadata", {})
+    owner = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
+    if owner and meta.get("namespace"):
+        enqueue(meta["namespace"], owner)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=_CHILD_LABELS)
-@kopf.on.event("batch", "v1", "jobs", labels=_CHILD_LABELS)
-@kopf.on.event("", "v1", "pods", labels=_CHILD_LABELS)
-def child_event(body: kopf.Body, **_: Any) -> None:
-    """A child changed (pods scheduled, replicas ready): reconcile its owner."""
-    owner = body.metadata.labels.get(LABEL_DEPLOYMENT)
-    if owner and body.metadata.namespace:
-        enqueue(body.metadata.namespace, owner)
+_EVENT_HANDLERS: dict[Resource, EventHandler] = {MODEL_DEPLOYMENTS: _model_event, DEPLOYMENTS: _child_event,
+                                                 JOBS: _child_event, PODS: _child_event}
+"""Which watches wake a model. The others (Services, routes, autoscalers) only keep their cache: their changes are
+the operator's own, or status that the resync picks up, as before the caches."""

@@ -65,9 +65,12 @@ def _items(listing: Obj) -> list[Obj]:
     return [{"apiVersion": listing.get("apiVersion"), "kind": kind, **item} for item in listing.get("items", [])]
 
 
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """An ApiClient from a kubeconfig file, the in-cluster service account, or ~/.kube/config, in that order."""
+def load_api_client(kubeconfig: str | None = None, pool_size: int | None = None) -> client.ApiClient:
+    """An ApiClient from a kubeconfig file, the in-cluster service account, or ~/.kube/config, in that order;
+    `pool_size` connections kept open (the client's default: 5 a core)."""
     cfg = client.Configuration()
+    if pool_size is not None:
+        cfg.connection_pool_maxsize = pool_size
     if kubeconfig:
         config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
     else:
