@@ -97,3 +97,7 @@ bench-autoscale: venv control-plane prometheus gateway keda ## Autoscaling on re
 .PHONY: bench-rollout
 bench-rollout: venv control-plane prometheus gateway keda ## Canary rollback on live traffic, in analysis intervals (bench/rollout.py)
 	$(BIN)/python bench/rollout.py
+
+.PHONY: bench-scale
+bench-scale: venv control-plane ## N = 100, 300, 1000 models against the floor of N plain Deployments, quiet and under CPU load (bench/scale.py; about an hour)
+	$(BIN)/python bench/scale.py

@@ -247,7 +247,7 @@ class _Pki:
                         x509.DNSName("kubernetes.default.svc"),
                         *(x509.DNSName(n) for n in dns_names),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                        x509.IPAddress(ipaddress.ip_address("198.19.255.1")),
+                        x509.IPAddress(ipaddress.ip_address("198.19.240.1")),
                     ]
                 ),
                 critical=False,
@@ -414,7 +414,7 @@ class LocalCluster:
                 f"--service-account-key-file={p / 'sa.pub'}",
                 f"--service-account-signing-key-file={p / 'sa.key'}",
                 f"--service-account-issuer={self.server}",
-                "--service-cluster-ip-range=198.19.255.0/24",  # blackholed too: nothing routes ClusterIPs here
+                "--service-cluster-ip-range=198.19.240.0/20",  # 4094 Services; blackholed too: nothing routes to them
                 "--authorization-mode=RBAC",
                 "--allow-privileged=true",
                 "--disable-admission-plugins=ServiceAccount",
