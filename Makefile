@@ -101,3 +101,7 @@ bench-rollout: venv control-plane prometheus gateway keda ## Canary rollback on 
 .PHONY: bench-scale
 bench-scale: venv control-plane ## N = 100, 300, 1000 models against the floor of N plain Deployments, quiet and under CPU load (bench/scale.py; about an hour)
 	$(BIN)/python bench/scale.py
+
+.PHONY: bench-batching
+bench-batching: venv ## Dynamic batching on the local Triton's python-backend model: on over off at concurrency 32 (bench/batching.py)
+	$(BIN)/python bench/batching.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,3 +106,49 @@ def test_triton_reports_the_models_ready_and_exposes_metrics(served: tuple[Trito
 
     with urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=5) as resp:
         assert b"nv_inference_request_success" in resp.read()
+
+
+def _exec_and_inference_counts(triton: Triton, model: str) -> tuple[float, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        for name in ("nv_inference_exec_count", "nv_inference_count"):
+            if line.startswith(name + "{") and f'model="{model}"' in line:
+                counts[name] = float(line.rsplit(" ", 1)[1])
+    return counts["nv_inference_exec_count"], counts["nv_inference_count"]
+
+
+@pytest.mark.parametrize(("name", "input_name", "output_name", "make"), [
+    ("cnn", "image", "logits",
+     lambda i: np.random.default_rng(i).standard_normal((1 + i % 3, 3, 32, 32)).astype(np.float32)),
+    # Several sequence lengths at once: only requests of one shape are stacked together.
+    ("encoder", "ids", "pooled", lambda i: np.random.default_rng(i).integers(0, 100, (1 + i % 2, 6 + 4 * (i % 3)))
+     .astype(np.int64)),
+])
+def test_requests_batched_together_each_get_their_own_answer(
+    served: tuple[Triton, dict[str, torch.nn.Module]], name: str, input_name: str, output_name: str, make: Any
+) -> None:
+    """Triton's dynamic batcher hands the python model several requests at once; it runs them as one onnxruntime
+    call per input shape and splits the outputs back: each request gets the answer to its own input."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    triton, models = served
+    inputs = [make(i) for i in range(32)]
+    execs_before, inferences_before = _exec_and_inference_counts(triton, name)
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        client = httpclient.InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+        inp = httpclient.InferInput(input_name, list(x.shape), "FP32" if x.dtype == np.float32 else "INT64")
+        inp.set_data_from_numpy(x)
+        return client.infer(name, [inp]).as_numpy(output_name)
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(infer, inputs))
+    for x, got in zip(inputs, answers, strict=True):
+        np.testing.assert_allclose(got, _source_out(models[name], x), atol=2e-2, rtol=2e-2)
+    execs, inferences = _exec_and_inference_counts(triton, name)
+    assert inferences - inferences_before == sum(len(x) for x in inputs)
+    assert execs - execs_before < len(inputs), "no two requests were ever executed together: nothing was batched"
