@@ -88,6 +88,22 @@ def save_cnn_onnx(path: Path) -> torch.nn.Module:
     return model
 
 
+def save_external(directory: Path, location: str = "cnn.onnx.data") -> Path:
+    """cnn.onnx with every weight in `location` (relative to `directory`)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    inline = directory / "inline.onnx"
+    save_cnn_onnx(inline)
+    import onnx
+
+    model = onnx.load(str(inline))
+    inline.unlink()
+    graph = directory / "cnn.onnx"
+    (directory / location).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(graph), save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+                    size_threshold=0)
+    return graph
+
+
 def source(uri: str, fmt: str, signature: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"uri": uri, "format": fmt}
     if signature:

@@ -54,3 +54,23 @@ def test_convert_command_reports_a_failed_validation(tmp_path: Path, capsys: pyt
     assert result == {"ok": False, "reason": "ValidationFailed", "message": result["message"]}
     assert "NaN/Inf" in result["message"]
     assert "ValidationFailed" in capsys.readouterr().err
+
+
+def test_an_unforeseen_failure_still_ends_with_a_reason_and_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A torch.export archive that is not one fails inside torch with an error no reason maps: the termination
+    message still says ConversionFailed, with the error, for the operator's conditions."""
+    bogus = tmp_path / "model.pt2"
+    bogus.write_bytes(b"PK\x03\x04 not really a zip archive")
+    doc = yaml.safe_load(manifest(tmp_path, bogus, {}).read_text())
+    doc["spec"]["model"]["format"] = "pytorch"
+    md = tmp_path / "pt2.yaml"
+    md.write_text(yaml.safe_dump(doc))
+    term = tmp_path / "termination-log"
+    assert main(["convert", "-f", str(md), "--out", str(tmp_path / "store"), "--termination-log", str(term)]) == 1
+    result = json.loads(term.read_text())
+    assert (result["ok"], result["reason"]) == (False, "ConversionFailed")
+    assert result["message"].startswith("the converter failed unexpectedly: ")
+    assert "Traceback" not in result["message"]
+    assert "ConversionFailed" in capsys.readouterr().err

@@ -171,3 +171,25 @@ def test_user_samples_are_used(models: Path, tmp_path: Path) -> None:
     manifest = convert(request("cnn", source(str(models / "cnn.pt"), "torchscript", CNN_SIGNATURE),
                                {"samples": {"uri": str(samples)}}), tmp_path / "s")
     assert manifest["validation"]["samples"] == 5
+
+
+@pytest.mark.parametrize(
+    ("src", "conversion", "flavour", "message"),
+    [
+        (source("/nowhere/model.onnx", "onnx", None), {"target": "torchscript"}, "native",
+         "an ONNX source cannot be converted to TorchScript"),
+        ({"uri": "/nowhere/savedmodel", "format": "tensorflow-savedmodel"}, {"precision": "int8"}, "native",
+         "target onnx, precision int8 cannot be honoured"),
+        ({"uri": "/nowhere/savedmodel", "format": "tensorflow-savedmodel"}, {"target": "torchscript"}, "native",
+         "target torchscript, precision fp32 cannot be honoured"),
+        (source("/nowhere/cnn.pt", "torchscript", CNN_SIGNATURE), {"target": "torchscript"}, "python",
+         "the python flavour serves ONNX artifacts only"),
+    ],
+)
+def test_a_request_that_cannot_be_honoured_is_refused_before_any_work(
+    src: dict[str, Any], conversion: dict[str, Any], flavour: str, message: str, tmp_path: Path
+) -> None:
+    """The sources do not exist: a refusal that came after fetching would say SourceUnavailable instead."""
+    req = request("m", src, conversion)
+    with pytest.raises(ConversionUnsupported, match=message):
+        convert(Request(req.name, req.source, req.conversion, req.serving, flavour), tmp_path / "store")

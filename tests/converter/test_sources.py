@@ -19,7 +19,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from convert_models import CNN, CNN_SIGNATURE, save_torchscript, source
+from convert_models import CNN, CNN_SIGNATURE, save_external, save_torchscript, source
 from localcluster import free_port
 from modelyard.api.v1alpha1 import ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion
@@ -96,6 +96,20 @@ def test_s3_prefix_savedmodel_is_passed_through(s3: str, tmp_path: Path) -> None
     repo = Path(manifest["repository"])
     assert (repo / "tf" / "1" / "model.savedmodel" / "variables" / "variables.index").is_file()
     assert 'platform: "tensorflow_savedmodel"' in (repo / "tf" / "config.pbtxt").read_text()
+    # The manifest says what was done: nothing was converted.
+    assert (manifest["target"], manifest["precision"], manifest["opset"], manifest["passedThrough"]) == (
+        "tensorflow-savedmodel", "unchanged", None, True)
+
+
+def test_s3_onnx_with_external_data_fetches_the_data_beside_the_graph(s3: str, tmp_path: Path) -> None:
+    graph = save_external(tmp_path / "ext")
+    client = boto3.client("s3")
+    for f in (graph, graph.parent / "cnn.onnx.data"):
+        client.upload_file(str(f), "models", f"ext/{f.name}")
+    manifest = convert(Request("cnn", ModelSource.model_validate(source("s3://models/ext/cnn.onnx", "onnx", None)),
+                               Conversion(), Serving(gpus=0)), tmp_path / "store")
+    assert manifest["validation"]["passed"]
+    assert manifest["source"]["digest"] == f"sha256:{digest(graph, [graph.parent / 'cnn.onnx.data'])}"
 
 
 def test_missing_s3_object_is_source_unavailable(s3: str, tmp_path: Path) -> None:

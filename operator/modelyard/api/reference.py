@@ -42,13 +42,15 @@ REASONS: dict[Reason, str] = {
     Reason.VALIDATED: "Validated=True: samples, max abs/rel error and top-1 agreement are in the message.",
     Reason.VALIDATION_FAILED: "The converted model does not compute what the source does (numbers in the "
     "message: error beyond tolerance, NaN/Inf, a shape that breaks the signature); it is not served.",
-    Reason.CONVERSION_UNSUPPORTED: "The target or precision cannot be produced (TensorRT without a GPU, int8 "
-    "TorchScript).",
-    Reason.SOURCE_REFUSED: "The source would have to be unpickled as code; save it with torch.export or "
-    "torch.jit, or name conversion.modelClass for a state_dict.",
-    Reason.SOURCE_UNAVAILABLE: "The source cannot be read (missing object, wrong credentials).",
-    Reason.CONVERSION_FAILED: "The conversion Job failed without a result (deadline, out of memory, crash); the "
-    "message quotes the Job or the container's last words.",
+    Reason.CONVERSION_UNSUPPORTED: "The request cannot be honoured, and is refused before any work: TensorRT "
+    "without a GPU, int8 TorchScript, ONNX to TorchScript, a SavedModel asked for another target or precision.",
+    Reason.SOURCE_REFUSED: "The source is not loaded: it would have to be unpickled as code (save it with "
+    "torch.export or torch.jit, or name conversion.modelClass for a state_dict), or an ONNX graph names external "
+    "data outside its directory.",
+    Reason.SOURCE_UNAVAILABLE: "The source cannot be read (missing object or external data file, wrong "
+    "credentials).",
+    Reason.CONVERSION_FAILED: "The conversion failed without a more precise reason: the Job failed without a result "
+    "(deadline, out of memory, crash) or the converter met an error nobody foresaw; the message quotes it.",
     Reason.CANARY_PROGRESSING: "Progressing=True: the canary got a new weight or passed an analysis (numbers in the "
     "message and the event).",
     Reason.CANARY_WAITING: "Progressing=True: the canary waits: for its pods to be Ready (with autoscaling, enough "

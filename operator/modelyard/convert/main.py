@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,10 @@ def run(manifest_path: str | None, store: Path | str, flavour: str, termination_
         manifest = convert(request, store, source_root=source_root, store_endpoint=store_endpoint)
     except ConversionError as exc:
         error = exc
+    except Exception as exc:  # a failure no reason maps yet: still a reason and a message, not a bare traceback
+        traceback.print_exc(file=sys.stderr)  # the pod's log keeps the details for whoever debugs it
+        error = ConversionError(f"the converter failed unexpectedly: {type(exc).__name__}: {exc}"[:2000]
+                                + " (the conversion pod's log has the details)")
     result = result_message(manifest, error)
     text = json.dumps(result, separators=(",", ":"))
     if termination_log is not None:

@@ -18,7 +18,9 @@ from typing import Any
 from modelyard.api.v1alpha1 import ModelFormat, ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion, Precision, Target
 from modelyard.convert import CONVERTER_VERSION
+from modelyard.convert.errors import ConversionUnsupported
 from modelyard.convert.models import Runnable, Tensor, load_source, onnx_runnable, torchscript_runnable
+from modelyard.convert.onnxdata import companions, write_artifact
 from modelyard.convert.sources import PVC_MOUNT, digest, fetch
 from modelyard.convert.store import MANIFEST, open_store
 from modelyard.convert.transform import check_supported, export_onnx, export_torchscript, prune, to_fp16, to_int8
@@ -62,11 +64,13 @@ def convert(
     """Convert and publish under `<store>/<key>/` (a directory or s3://bucket/prefix); return the manifest, with
     `reused` true when that key was published before and `repository` saying where it is."""
     check_supported(request.conversion)
+    refuse_impossible(request)
     target = open_store(store, store_endpoint)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         scratch = Path(tmp)
-        source_path = fetch(request.source.uri, scratch, pvc_root=source_root)
-        source_digest = digest(source_path)
+        onnx_source = request.source.format == ModelFormat.ONNX
+        source_path = fetch(request.source.uri, scratch, pvc_root=source_root, onnx=onnx_source)
+        source_digest = digest(source_path, companions(source_path) if onnx_source else None)
         key = request.key(source_digest)
         published = target.find(key)
         if published is not None:
@@ -74,6 +78,23 @@ def convert(
         staging = scratch / "repository"
         manifest = _convert_into(request, source_path, source_digest, key, staging)
         return {**manifest, "reused": False, "repository": target.publish(key, staging)}
+
+
+def refuse_impossible(request: Request) -> None:
+    """Refuse, before anything is fetched, a request whose result could not be what it asks for."""
+    conv, fmt = request.conversion, request.source.format
+    if fmt == ModelFormat.TENSORFLOW_SAVEDMODEL and (conv.target != Target.ONNX or conv.precision != Precision.FP32
+                                                     or conv.pruning is not None):
+        raise ConversionUnsupported(
+            f"a TensorFlow SavedModel is served as it is by Triton's TensorFlow backend, not converted: target "
+            f"{conv.target}, precision {conv.precision}{' and pruning' if conv.pruning else ''} cannot be honoured; "
+            "remove them from spec.conversion (the SavedModel is then published unchanged)")
+    if fmt == ModelFormat.ONNX and conv.target == Target.TORCHSCRIPT:
+        raise ConversionUnsupported("an ONNX source cannot be converted to TorchScript (there is no ONNX -> "
+                                    "TorchScript converter that keeps the model's behaviour); use target onnx")
+    if request.flavour == "python" and (conv.target != Target.ONNX or fmt == ModelFormat.TENSORFLOW_SAVEDMODEL):
+        raise ConversionUnsupported("the python flavour serves ONNX artifacts only: use target onnx with a PyTorch, "
+                                    "TorchScript or ONNX source, or the native flavour")
 
 
 def _location(store: Path | str, key: str) -> str:
@@ -91,7 +112,9 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
         cfg = model_config(request.name, "savedmodel", [], [], serving)
         (repo / request.name / "config.pbtxt").write_text(to_pbtxt(cfg))
         return _manifest(request, key, source_digest, "model.savedmodel", version_dir / "model.savedmodel",
-                         validation={"skipped": "a SavedModel is served as it is; Triton checks it at load"})
+                         validation={"skipped": "a SavedModel is served as it is; Triton checks it at load"},
+                         done={"target": "tensorflow-savedmodel", "precision": "unchanged", "opset": None,
+                               "passedThrough": True})
 
     source = load_source(source_path, request.source.format, request.source.signature, conv, batched)
     reference = source
@@ -115,7 +138,7 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
     else:
         artifact = version_dir / "model.onnx"
         if source.kind == "onnx" and not conv.pruning:
-            shutil.copyfile(source_path, artifact)
+            write_artifact(source_path, artifact)  # external data inlined (or kept in one model.onnx.data)
         else:
             export_onnx(source, first_batch, artifact, conv.opset, batched, pruned=conv.pruning is not None)
         if conv.precision == Precision.FP16:
@@ -132,9 +155,7 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
     report = validate(reference, candidate, samples, conv, batched, batch_size, declared)
 
     backend = "python" if request.flavour == "python" else None
-    if backend:
-        if kind != "onnx":
-            raise ValueError("the python flavour serves ONNX artifacts only")
+    if backend:  # refuse_impossible made sure the artifact is ONNX
         shutil.copyfile(PYTHON_MODEL, version_dir / "model.py")
     cfg = model_config(request.name, kind, ins, outs, serving, backend=backend)
     (repo / request.name / "config.pbtxt").write_text(to_pbtxt(cfg))
@@ -153,7 +174,8 @@ def _renamed(t: Tensor, name: str) -> Tensor:
 
 
 def _manifest(request: Request, key: str, source_digest: str, artifact_name: str, artifact: Path,
-              validation: dict[str, Any]) -> dict[str, Any]:
+              validation: dict[str, Any], done: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What was made, as it was made: `done` overrides what the request asked for where that was not done."""
     manifest = {
         "converterVersion": CONVERTER_VERSION,
         "key": key,
@@ -166,10 +188,11 @@ def _manifest(request: Request, key: str, source_digest: str, artifact_name: str
         "artifact": {
             "path": f"{request.name}/1/{artifact_name}",
             "sha256": digest(artifact),
-            "bytes": sum(p.stat().st_size for p in ([artifact] if artifact.is_file() else artifact.rglob("*"))
-                         if p.is_file()),
+            "bytes": sum(p.stat().st_size for p in ([artifact, *artifact.parent.glob(artifact.name + ".data")]
+                                                    if artifact.is_file() else artifact.rglob("*")) if p.is_file()),
         },
         "validation": validation,
+        **(done or {}),
     }
     (artifact.parents[2] / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
