@@ -349,9 +349,9 @@ class Caches:
         self._lock = threading.Lock()
         self._started: set[Resource] = set()
         self.stores = {res: Store() for res in CACHED}
+        scopes: list[str | None] = [*namespaces] or [None]  # None: every namespace, with one watch
         self.informers: dict[Resource, list[Informer]] = {
-            res: [Informer(api, res, ns, selector, self.stores[res], (handlers or {}).get(res))
-                  for ns in (namespaces or [None])]  # type: ignore[list-item]
+            res: [Informer(api, res, ns, selector, self.stores[res], (handlers or {}).get(res)) for ns in scopes]
             for res, selector in CACHED.items()
         }
 
