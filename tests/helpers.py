@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import copy
+import http.server
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,3 +77,15 @@ def bound_claim(cluster: LocalCluster, namespace: str, claim: str, path: Path, a
     cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
     wait_for(f"PVC {claim} to bind", lambda: cluster.kubectl(
         "get", "pvc", "-n", namespace, claim, "-o", "jsonpath={.status.phase}").stdout == "Bound")
+
+
+@contextmanager
+def serving_directory(directory: Path) -> Iterator[str]:
+    """A plain HTTP server for `directory` on loopback while the block runs; yields its base URL."""
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

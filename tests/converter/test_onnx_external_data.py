@@ -3,11 +3,8 @@ file, a directory and HTTP (S3: test_sources.py), and the locations that are ref
 
 from __future__ import annotations
 
-import http.server
 import shutil
-import threading
 import warnings
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ import onnx
 import pytest
 
 from convert_models import save_external, source
+from helpers import serving_directory
 from modelyard.api.v1alpha1 import ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion
 from modelyard.convert.errors import SourceRefused, SourceUnavailable
@@ -122,15 +120,10 @@ def test_a_data_file_that_is_a_symlink_out_of_the_directory_is_refused(external:
 def test_over_http_the_data_files_come_from_beside_the_graph(external: Path, tmp_path: Path) -> None:
     served = tmp_path / "served"
     save_external(served / "models", location="weights/cnn.bin")
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/models/cnn.onnx"
+    with serving_directory(served) as base:
+        url = f"{base}/models/cnn.onnx"
         manifest = convert(request(source(url, "onnx", None)), tmp_path / "store")
         assert manifest["validation"]["passed"]
         (served / "models" / "weights" / "cnn.bin").unlink()
         with pytest.raises(SourceUnavailable, match=r"cannot download .*/models/weights/cnn\.bin"):
             convert(request(source(url, "onnx", None)), tmp_path / "store2")
-    finally:
-        server.shutdown()

@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import warnings
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import boto3
 import pytest
 
 from convert_models import CNN, CNN_SIGNATURE, save_external, save_torchscript, source
+from helpers import serving_directory
 from localcluster import free_port
 from modelyard.api.v1alpha1 import ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion
@@ -118,17 +116,12 @@ def test_missing_s3_object_is_source_unavailable(s3: str, tmp_path: Path) -> Non
 
 
 def test_http_source(model_dir: Path, tmp_path: Path) -> None:
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(model_dir))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/cnn.pt"
+    with serving_directory(model_dir) as base:
+        url = f"{base}/cnn.pt"
         manifest = convert(req(source(url, "torchscript", CNN_SIGNATURE)), tmp_path / "store")
         assert manifest["validation"]["passed"]
         with pytest.raises(SourceUnavailable, match="cannot download"):
             convert(req(source(url.replace("cnn.pt", "gone.pt"), "torchscript", CNN_SIGNATURE)), tmp_path / "s2")
-    finally:
-        server.shutdown()
 
 
 def test_s3_store_publishes_and_reuses(
