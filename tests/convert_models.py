@@ -109,3 +109,47 @@ def source(uri: str, fmt: str, signature: dict[str, Any] | None) -> dict[str, An
     if signature:
         out["signature"] = signature
     return out
+
+
+class TemplateTask:
+    """A classification task with real margins and real ambiguity, made here: each class is a smooth random
+    image, each sample one class's image under Gaussian noise. A model trained on it has the BatchNorm statistics,
+    logit spread and decision margins of a trained model, and its samples are the "user's data" of a test."""
+
+    def __init__(self, shape: tuple[int, ...] = (3, 32, 32), noise: float = 6.0, classes: int = 10,
+                 seed: int = 1) -> None:
+        g = torch.Generator().manual_seed(seed)
+        small = torch.randn(classes, shape[0], 4, 4, generator=g)
+        self.templates = torch.nn.functional.interpolate(small, size=shape[1:], mode="bilinear")
+        self.shape, self.noise, self.classes = shape, noise, classes
+
+    def sample(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        labels = torch.randint(0, self.classes, (n,), generator=g)
+        return self.templates[labels] + self.noise * torch.randn(n, *self.shape, generator=g), labels
+
+    def save(self, path: Path, n: int, seed: int, name: str = "image") -> Path:
+        import numpy as np
+
+        np.savez(path, **{name: self.sample(n, seed)[0].numpy()})
+        return path
+
+
+def trained(model: torch.nn.Module, task: TemplateTask, steps: int = 60, lr: float = 1e-3) -> torch.nn.Module:
+    """`model` after `steps` of Adam on the task (seeded: the same weights each run)."""
+    torch.manual_seed(0)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        x, y = task.sample(64, 1000 + step)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def save_traced(model: torch.nn.Module, path: Path, example: torch.Tensor) -> torch.nn.Module:
+    with torch.no_grad():
+        torch.jit.save(torch.jit.trace(model, example), str(path))
+    return model

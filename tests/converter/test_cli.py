@@ -40,7 +40,7 @@ def test_convert_command_writes_repository_and_termination_message(
     printed = json.loads(capsys.readouterr().out)
     assert printed["precision"] == "fp16" and printed["validation"]["passed"]
     result = json.loads(term.read_text())
-    assert result["ok"] and result["key"] == printed["key"] and result["validation"]["samples"] == 32
+    assert result["ok"] and result["key"] == printed["key"] and result["validation"]["samples"] == 128
     assert len(term.read_text()) < 4096
     assert (tmp_path / "store" / printed["key"] / "cnn" / "config.pbtxt").is_file()
 

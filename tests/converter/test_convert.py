@@ -71,16 +71,27 @@ def test_models_convert_and_pass_validation(
 ) -> None:
     src = (source(str(models / "cnn.pt"), "torchscript", CNN_SIGNATURE) if model == "cnn"
            else source(str(models / "encoder.pt2"), "pytorch", ENCODER_SIGNATURE))
+    if model == "encoder" and conversion.get("target") == "torchscript":
+        # Tracing a torch.export program fixes its sequence length: refused before any work, not served broken.
+        with pytest.raises(ConversionUnsupported, match="cannot be converted to TorchScript keeping its variable"):
+            convert(request(model, src, conversion), tmp_path / "store")
+        return
+    if model == "encoder" and conversion.get("precision") == "int8":
+        # The random-weight encoder's int8 embedding is off by half its spread: the default gate refuses it
+        # (test_int8_of_the_encoder_fails_the_default_gate); the tolerance of this test is the user's choice.
+        conversion = {**conversion, "tolerance": {"atol": 0.4, "rtol": 0.25}}
     manifest = convert(request(model, src, conversion), tmp_path / "store")
     repo = Path(manifest["repository"])
     assert (repo / model / "1" / artifact).is_file()
     assert manifest["artifact"]["path"] == f"{model}/1/{artifact}"
     assert manifest["source"]["digest"].startswith("sha256:")
     v = manifest["validation"]
-    assert v["passed"] and v["samples"] == 32 and v["problems"] == []
-    assert 0 <= v["max_abs_error"] <= v["atol"] + v["rtol"] * 100
-    if model == "cnn":
-        assert v["top1_agreement"] is not None and v["top1_agreement"] >= 0.9
+    assert v["passed"] and v["samples"] == 128 and v["problems"] == [] and not v["inconclusive"]
+    for out in v["outputs"]:  # every element within the precision's tolerance, relative to the output's spread
+        assert out["within_tolerance"] and out["max_abs_error"] <= v["atol_spread"] * out["spread"] + v["rtol"] * 100
+    assert v["top1_agreement"] is None  # no output was declared a classifier: top-1 judges none
+    if model == "encoder":  # its -1 sequence axis took every length of conversion.samples.lengths
+        assert v["lengths"][:4] == [8, 16, 11, 5]
     cfg = text_format.Parse((repo / model / "config.pbtxt").read_text(), mc.ModelConfig())
     assert (cfg.name, cfg.platform, cfg.max_batch_size) == (model, platform, 16)
     assert list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
@@ -93,6 +104,16 @@ def test_models_convert_and_pass_validation(
         assert first_input.name == ("image" if model == "cnn" else "ids")
     assert list(first_input.dims) == ([3, 32, 32] if model == "cnn" else [-1])
     assert first_input.data_type == (mc.TYPE_FP32 if model == "cnn" else mc.TYPE_INT64)
+
+
+def test_int8_of_the_encoder_fails_the_default_gate(models: Path, tmp_path: Path) -> None:
+    src = source(str(models / "encoder.pt2"), "pytorch", ENCODER_SIGNATURE)
+    with pytest.raises(ValidationFailed, match=r"output pooled is outside tolerance: max abs error .* on a spread of "
+                       r".*the fallback tried 1 node kept in fp32, 2 nodes kept in fp32.*use fp16") as err:
+        convert(request("encoder", src, {"precision": "int8", "int8Mode": "dynamic", "int8FallbackAttempts": 2}),
+                tmp_path / "store")
+    assert "4 nodes" not in err.value.message  # the attempts are bounded by int8FallbackAttempts
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())  # nothing published
 
 
 def test_onnx_source_and_int8_shrinks_the_model(models: Path, tmp_path: Path) -> None:

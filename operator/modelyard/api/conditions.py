@@ -58,6 +58,7 @@ class Reason(StrEnum):
     CONVERTED = "Converted"
     VALIDATED = "Validated"
     VALIDATION_FAILED = "ValidationFailed"
+    VALIDATION_INCONCLUSIVE = "ValidationInconclusive"
     CONVERSION_UNSUPPORTED = "ConversionUnsupported"
     SOURCE_REFUSED = "SourceRefused"
     SOURCE_UNAVAILABLE = "SourceUnavailable"

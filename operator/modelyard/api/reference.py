@@ -41,7 +41,12 @@ REASONS: dict[Reason, str] = {
     Reason.CONVERTED: "Converted=True: the artifact, its size and digest are in the message.",
     Reason.VALIDATED: "Validated=True: samples, max abs/rel error and top-1 agreement are in the message.",
     Reason.VALIDATION_FAILED: "The converted model does not compute what the source does (numbers in the "
-    "message: error beyond tolerance, NaN/Inf, a shape that breaks the signature); it is not served.",
+    "message: error beyond tolerance relative to the output's spread, top-1 agreement of a declared classifier "
+    "output, NaN/Inf, a shape that breaks the signature, a failure on a sample length; with int8, what the "
+    "fallback tried); it is not served.",
+    Reason.VALIDATION_INCONCLUSIVE: "The samples cannot tell a right conversion from a wrong one: the source's "
+    "output hardly varies over them, or a classifier output puts every sample in one class, or the source "
+    "fails on them. Give samples that exercise the model (conversion.samples.uri); nothing is served.",
     Reason.CONVERSION_UNSUPPORTED: "The request cannot be honoured, and is refused before any work: TensorRT "
     "without a GPU, int8 TorchScript, ONNX to TorchScript, a SavedModel asked for another target or precision.",
     Reason.SOURCE_REFUSED: "The source is not loaded: it would have to be unpickled as code (save it with "

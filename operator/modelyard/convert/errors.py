@@ -10,6 +10,12 @@ class ConversionError(Exception):
         super().__init__(message)
         self.message = message
 
+    def extend(self, more: str) -> ConversionError:
+        """The same error with more said."""
+        self.message += more
+        self.args = (self.message,)
+        return self
+
 
 class SourceRefused(ConversionError):
     """The source is not something the converter will load (for example a pickled module)."""
@@ -29,3 +35,10 @@ class ConversionUnsupported(ConversionError):
 
 class ValidationFailed(ConversionError):
     reason = "ValidationFailed"
+
+
+class ValidationInconclusive(ConversionError):
+    """The samples cannot tell a right conversion from a wrong one (the source's output hardly varies, or every
+    sample lands in one class), so the gate does not pass it."""
+
+    reason = "ValidationInconclusive"

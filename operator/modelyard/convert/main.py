@@ -47,7 +47,9 @@ def result_message(manifest: dict[str, Any] | None, error: ConversionError | Non
         "reused": manifest.get("reused", False),
         "artifact": manifest["artifact"],
         "validation": {k: v.get(k) for k in ("samples", "max_abs_error", "max_rel_error", "top1_agreement",
-                                             "atol", "rtol", "skipped", "sparsity") if k in v},
+                                             "atol", "atol_spread", "rtol", "skipped", "sparsity") if k in v},
+        **({"int8": {"keptFloat": len(i8["keptFloat"]), "quantized": len(i8["quantizedNodes"]),
+                     "sizeRatio": i8["sizeRatio"]}} if (i8 := manifest.get("int8")) else {}),
     }
 
 

@@ -21,11 +21,12 @@ from modelyard.convert import CONVERTER_VERSION
 from modelyard.convert.errors import ConversionUnsupported
 from modelyard.convert.models import Runnable, Tensor, load_source, onnx_runnable, torchscript_runnable
 from modelyard.convert.onnxdata import companions, write_artifact
+from modelyard.convert.quantize import Int8Result, to_int8
 from modelyard.convert.sources import PVC_MOUNT, digest, fetch
 from modelyard.convert.store import MANIFEST, open_store
-from modelyard.convert.transform import check_supported, export_onnx, export_torchscript, prune, to_fp16, to_int8
+from modelyard.convert.transform import check_supported, export_onnx, export_torchscript, prune, to_fp16
 from modelyard.convert.tritonconfig import model_config, to_pbtxt
-from modelyard.convert.validate import batches, make_samples, validate
+from modelyard.convert.validate import compare, make_samples, output_names, run_all, validate
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 
@@ -92,6 +93,13 @@ def refuse_impossible(request: Request) -> None:
     if fmt == ModelFormat.ONNX and conv.target == Target.TORCHSCRIPT:
         raise ConversionUnsupported("an ONNX source cannot be converted to TorchScript (there is no ONNX -> "
                                     "TorchScript converter that keeps the model's behaviour); use target onnx")
+    signature = request.source.signature
+    if (fmt == ModelFormat.PYTORCH and request.source.uri.endswith(".pt2") and conv.target == Target.TORCHSCRIPT
+            and signature and any(d == -1 for t in signature.inputs for d in t.shape)):
+        raise ConversionUnsupported(
+            "a torch.export program cannot be converted to TorchScript keeping its variable (-1) dimensions: "
+            "tracing fixes them at the example's length, and the model would fail on any other; use target onnx "
+            "(the dynamo exporter keeps them)")
     if request.flavour == "python" and (conv.target != Target.ONNX or fmt == ModelFormat.TENSORFLOW_SAVEDMODEL):
         raise ConversionUnsupported("the python flavour serves ONNX artifacts only: use target onnx with a PyTorch, "
                                     "TorchScript or ONNX source, or the native flavour")
@@ -118,9 +126,9 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
 
     source = load_source(source_path, request.source.format, request.source.signature, conv, batched)
     reference = source
-    samples = make_samples(source.inputs, conv, batched)
     batch_size = min(8, serving.max_batch_size) if batched else 1
-    first_batch = batches(samples, batch_size)[0] if batched else samples
+    samples = make_samples(source.inputs, conv, batched, batch_size)
+    first_batch = samples.validation[0]
     achieved_sparsity = None
     if conv.pruning:
         # Validate the pruned model against the unpruned source: reload it so the reference keeps its weights.
@@ -143,8 +151,6 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
             export_onnx(source, first_batch, artifact, conv.opset, batched, pruned=conv.pruning is not None)
         if conv.precision == Precision.FP16:
             to_fp16(artifact)
-        elif conv.precision == Precision.INT8:
-            to_int8(artifact, conv.int8_mode, batches(samples, batch_size) if batched else [samples])
         candidate = onnx_runnable(artifact, batched)
         ins, outs = candidate.inputs, candidate.outputs
         kind = "onnx"
@@ -152,7 +158,25 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
     declared = None
     if request.source.signature:
         declared = [_tensor(t) for t in request.source.signature.outputs]
-    report = validate(reference, candidate, samples, conv, batched, batch_size, declared)
+    int8: Int8Result | None = None
+    if conv.precision == Precision.INT8:
+        want = run_all(reference, samples.validation, "source")
+        names = output_names(reference, candidate)
+        reports = []
+
+        def check(path: Path) -> tuple[bool, str, float | None]:
+            reports.append(compare(want, onnx_runnable(path, batched), samples, conv, batched, names, declared))
+            if reports[-1].inconclusive:  # a property of the source and samples: no quantization changes it
+                raise reports[-1].error()
+            last = reports[-1]
+            return last.passed, "; ".join(last.problems) or last.summary(), last.top1_agreement
+
+        int8 = to_int8(artifact, conv, samples.calibration, check)
+        report = reports[-1]
+        if not report.passed:
+            raise report.error().extend(_fallback_story(int8))
+    else:
+        report = validate(reference, candidate, samples, conv, batched, declared)
 
     backend = "python" if request.flavour == "python" else None
     if backend:  # refuse_impossible made sure the artifact is ONNX
@@ -162,7 +186,18 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
     validation = report.as_dict()
     if achieved_sparsity is not None:
         validation["sparsity"] = achieved_sparsity
-    return _manifest(request, key, source_digest, artifact.name, artifact, validation)
+    return _manifest(request, key, source_digest, artifact.name, artifact, validation,
+                     done={"int8": int8.as_dict()} if int8 else None)
+
+
+def _fallback_story(int8: Int8Result) -> str:
+    tried = ", ".join(f"{len(a.kept_float)} node{'s' if len(a.kept_float) != 1 else ''} kept in fp32"
+                      for a in int8.attempts[1:])
+    if not tried:
+        return " (int8FallbackAttempts is 0: no node was kept in fp32)"
+    return (f" (after plain int8 failed, the fallback tried {tried}; the last kept {int8.kept_float[:8]} at "
+            f"{int8.size_ratio:.0%} of the fp32 size. This model does not hold the tolerance in int8: use fp16, "
+            "give calibration samples from real data (conversion.samples.calibrationUri), or allow more attempts)")
 
 
 def _tensor(spec: Any) -> Tensor:

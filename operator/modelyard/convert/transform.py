@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from modelyard.api.v1alpha1.conversion import Conversion, Int8Mode, Precision, Target
+from modelyard.api.v1alpha1.conversion import Conversion, Precision, Target
 from modelyard.convert.errors import ConversionUnsupported
 from modelyard.convert.models import Runnable, Tensor
 
@@ -102,34 +100,6 @@ def to_fp16(path: Path) -> None:
 
     # Inputs and outputs stay FP32: clients need not change, Triton casts at the edges.
     onnx.save(convert_float_to_float16(onnx.load(str(path)), keep_io_types=True), str(path))
-
-
-class _Calibration:
-    """onnxruntime's CalibrationDataReader over the sample batches."""
-
-    def __init__(self, batches: list[dict[str, NDArray[Any]]]) -> None:
-        self._it: Iterator[dict[str, NDArray[Any]]] = iter(batches)
-
-    def get_next(self) -> dict[str, NDArray[Any]] | None:
-        return next(self._it, None)
-
-
-def to_int8(path: Path, mode: Int8Mode, calibration: list[dict[str, NDArray[Any]]]) -> None:
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = path.with_suffix(".pre.onnx")
-    quantized = path.with_suffix(".int8.onnx")
-    quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
-    if mode == Int8Mode.DYNAMIC:
-        quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8)
-    else:
-        quantize_static(
-            str(prepared), str(quantized), _Calibration(calibration), quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-        )
-    shutil.move(str(quantized), str(path))
-    prepared.unlink(missing_ok=True)
 
 
 def check_supported(conversion: Conversion) -> None:

@@ -277,7 +277,7 @@ def _conversion_conditions(
     if not conv.failed:  # converting, or its pod is not running yet (Unschedulable, ImagePullBackOff, ...)
         conditions = put(conditions, ConditionType.CONVERTED, "Unknown", conv.reason, conv.message)
         return put(conditions, ConditionType.VALIDATED, "Unknown", Reason.CONVERTING, "waiting for the conversion")
-    if conv.reason == Reason.VALIDATION_FAILED:
+    if conv.reason in (Reason.VALIDATION_FAILED, Reason.VALIDATION_INCONCLUSIVE):
         conditions = put(conditions, ConditionType.CONVERTED, True, Reason.CONVERTED, "converted; not served")
         return put(conditions, ConditionType.VALIDATED, False, conv.reason, conv.message)
     conditions = put(conditions, ConditionType.CONVERTED, False, conv.reason, conv.message)

@@ -13,6 +13,7 @@ Obj = dict[str, Any]
 
 _FAILURE_REASONS = {
     "ValidationFailed": Reason.VALIDATION_FAILED,
+    "ValidationInconclusive": Reason.VALIDATION_INCONCLUSIVE,
     "ConversionUnsupported": Reason.CONVERSION_UNSUPPORTED,
     "SourceRefused": Reason.SOURCE_REFUSED,
     "SourceUnavailable": Reason.SOURCE_UNAVAILABLE,
@@ -99,5 +100,9 @@ def describe_validation(result: Obj) -> str:
     if "skipped" in v:
         return f"not validated: {v['skipped']}"
     top1 = f", top-1 agreement {v['top1_agreement']:.4f}" if v.get("top1_agreement") is not None else ""
+    atol = v.get("atol") if v.get("atol") is not None else f"{v.get('atol_spread')} x spread"
+    int8 = result.get("int8") or {}
+    kept = (f"; int8 with {int8['keptFloat']} node(s) kept in fp32, {int8['sizeRatio']:.0%} of the fp32 size"
+            if int8.get("keptFloat") else "")
     return (f"{v.get('samples')} samples: max abs error {v.get('max_abs_error', 0):.3g}, "
-            f"max rel error {v.get('max_rel_error', 0):.3g}{top1} (atol {v.get('atol')}, rtol {v.get('rtol')})")
+            f"max rel error {v.get('max_rel_error', 0):.3g}{top1} (atol {atol}, rtol {v.get('rtol')}){kept}")

@@ -1,0 +1,218 @@
+"""INT8 that keeps accuracy: per-channel weights, calibrated activations, and an accuracy-aware fallback.
+
+The fallback is what the gate asks for when plain int8 fails it: rank the model's nodes by how much quantization
+noise each adds (measured on the calibration samples, never the validation ones), then quantize again keeping the
+1, 2, 4, 8, ... most sensitive nodes in fp32, until the gate passes or the attempts run out. The result records
+which nodes were quantized and which were kept in higher precision, and what that costs in size.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modelyard.api.v1alpha1.conversion import Calibration, Conversion, Int8Mode
+from modelyard.convert.errors import ConversionUnsupported
+
+Feed = dict[str, NDArray[Any]]
+
+PER_CHANNEL_DYNAMIC = False
+MIN_QUANTIZED_SHARE = 0.5
+"""Below this share of the weight bytes in int8, the artifact is not called int8 (static QDQ leaves LSTMs, for
+one, in float): the request is refused with what would have been quantized."""
+
+
+@dataclass
+class Attempt:
+    kept_float: list[str]
+    passed: bool
+    bytes: int
+    summary: str
+    top1: float | None = None
+
+
+@dataclass
+class Int8Result:
+    mode: str
+    calibration: str | None
+    quantized: list[str]
+    """The weight-bearing nodes whose weights are int8 in the artifact."""
+    kept_float: list[str]
+    """The weight-bearing nodes left in fp32: by the fallback, or because the quantizer does not handle them."""
+    weight_share: float
+    """The share of the weight bytes stored as int8."""
+    size_ratio: float
+    """Artifact bytes over the fp32 model's bytes."""
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "calibration": self.calibration, "quantizedNodes": self.quantized,
+                "keptFloat": self.kept_float, "weightShareInt8": round(self.weight_share, 4),
+                "sizeRatio": round(self.size_ratio, 4),
+                "attempts": [{"keptFloat": len(a.kept_float), "passed": a.passed, "bytes": a.bytes,
+                              "top1": a.top1, "summary": a.summary} for a in self.attempts]}
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over the calibration batches."""
+
+    def __init__(self, feeds: list[Feed]) -> None:
+        self._it: Iterator[Feed] = iter(feeds)
+
+    def get_next(self) -> Feed | None:
+        return next(self._it, None)
+
+    def __iter__(self) -> Iterator[Feed]:
+        return self._it
+
+
+def _weights(model: Any) -> dict[str, Any]:
+    """Float initializers of two or more dimensions: the model's weights."""
+    from onnx import TensorProto
+
+    return {t.name: t for t in model.graph.initializer
+            if t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE) and len(t.dims) >= 2}
+
+
+def _nbytes(tensor: Any) -> int:
+    from onnx import numpy_helper
+
+    return int(numpy_helper.to_array(tensor).nbytes)
+
+
+def weighted_nodes(path: Path) -> dict[str, int]:
+    """Nodes that read a float weight directly, with the bytes of those weights."""
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = _weights(model)
+    out: dict[str, int] = {}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear":
+            continue
+        size = sum(_nbytes(weights[i]) for i in node.input if i in weights)
+        if size:
+            out[node.name] = size
+    return out
+
+
+def quantize(source: Path, out: Path, mode: Int8Mode, method: Calibration, calibration: list[Feed],
+             exclude: list[str]) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    if mode == Int8Mode.DYNAMIC:
+        quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=PER_CHANNEL_DYNAMIC,
+                         nodes_to_exclude=exclude or None)
+        return
+    methods = {Calibration.MINMAX: CalibrationMethod.MinMax, Calibration.PERCENTILE: CalibrationMethod.Percentile,
+               Calibration.ENTROPY: CalibrationMethod.Entropy}
+    quantize_static(str(source), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
+                    calibrate_method=methods[method], nodes_to_exclude=exclude or None)
+
+
+MAX_MEASURED = 48
+"""At most this many nodes are measured one by one (the rest ranked by their weights' int8 error alone)."""
+
+
+def sensitivity(prepared: Path, mode: Int8Mode, method: Calibration, calibration: list[Feed], work: Path) -> list[str]:
+    """Weight-bearing nodes ranked by how much better the model does with that node alone kept in fp32: the
+    output error against the float model, on the calibration samples (never the validation ones). Measured, not
+    estimated: the first convolution that sees the raw input, the classic sensitive layer, ranks by what its
+    quantization really costs."""
+    from modelyard.convert.models import onnx_runnable
+
+    feeds = calibration[:4]
+    reference = [onnx_runnable(prepared, True).run(f) for f in feeds]
+    spreads = [float(np.concatenate([r[i].ravel() for r in reference]).astype(np.float64).std()) or 1.0
+               for i in range(len(reference[0]))] if reference else []
+    by_weight = weight_sensitivity(prepared)
+    measured, rest = by_weight[:MAX_MEASURED], by_weight[MAX_MEASURED:]
+    probe = work / "probe.onnx"
+    scores: list[tuple[float, str]] = []
+    for node in measured:
+        quantize(prepared, probe, mode, method, calibration, [node])
+        model = onnx_runnable(probe, True)
+        err = 0.0
+        for feed, want in zip(feeds, reference, strict=True):
+            got = model.run(feed)
+            err += sum(float(np.sqrt(((g.astype(np.float64) - w) ** 2).mean())) / s
+                       for g, w, s in zip(got, want, spreads, strict=True))
+        scores.append((err, node))
+    return [name for _, name in sorted(scores)] + rest
+
+
+def weight_sensitivity(float_model: Path) -> list[str]:
+    """Weight-bearing nodes ranked by the int8 (per-tensor) error of their weights, largest first."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(float_model))
+    weights = _weights(model)
+    scores: list[tuple[float, str]] = []
+    for node in model.graph.node:
+        for name in node.input:
+            if name in weights:
+                w = numpy_helper.to_array(weights[name]).astype(np.float64)
+                scale = np.abs(w).max() / 127 or 1.0
+                err = w - np.clip(np.round(w / scale), -128, 127) * scale
+                scores.append((float((err ** 2).mean() / max((w ** 2).mean(), 1e-30)), node.name))
+                break
+    return [name for _, name in sorted(scores, key=lambda s: -s[0])]
+
+
+def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
+            check: Callable[[Path], tuple[bool, str, float | None]]) -> Int8Result:
+    """Quantize `path` (an fp32 ONNX model) in place. `check` runs the validation gate on a candidate and says
+    whether it passed, with a summary and the top-1 agreement. When it fails, retry keeping the most sensitive
+    nodes in fp32, within conversion.int8FallbackAttempts; the result (passed or not) says what each attempt did."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    mode, method = conversion.int8_mode, conversion.int8_calibration
+    with tempfile.TemporaryDirectory(dir=path.parent.parent.parent) as tmp:
+        work = Path(tmp)
+        prepared, candidate = work / "float.onnx", work / "int8.onnx"
+        quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+        fp32_bytes = path.stat().st_size
+        before = weighted_nodes(prepared)
+        total = sum(before.values()) or 1
+        ranking: list[str] | None = None
+        attempts: list[Attempt] = []
+        kept: list[str] = []
+        result: Int8Result | None = None
+        for attempt in range(conversion.int8_fallback_attempts + 1):
+            if attempt:
+                if ranking is None:
+                    ranking = sensitivity(prepared, mode, method, calibration, work)
+                wanted = ranking[:2 ** (attempt - 1)]
+                if not wanted or wanted == kept:
+                    break  # nothing more to keep in fp32
+                kept = wanted
+            quantize(prepared, candidate, mode, method, calibration, kept)
+            left = weighted_nodes(candidate)
+            float_bytes = sum(left.values())
+            share = 1 - float_bytes / total
+            if not attempt and share < MIN_QUANTIZED_SHARE:
+                raise ConversionUnsupported(
+                    f"int8 {mode} would quantize {share:.0%} of the model's weights: the quantizer leaves "
+                    f"{sorted(left)[:8]} in float. Use int8Mode {'static' if mode == Int8Mode.DYNAMIC else 'dynamic'}"
+                    " or precision fp16")
+            passed, summary, top1 = check(candidate)
+            attempts.append(Attempt(list(kept), passed, candidate.stat().st_size, summary, top1))
+            result = Int8Result(str(mode), str(method) if mode == Int8Mode.STATIC else None,
+                                sorted(n for n in before if n not in left), sorted(set(left) | set(kept)), share,
+                                candidate.stat().st_size / fp32_bytes, attempts)
+            if passed:
+                break
+            shutil.copyfile(candidate, work / f"attempt{attempt}.onnx")
+        assert result is not None
+        result.attempts = attempts
+        shutil.copyfile(candidate, path)
+        return result
