@@ -153,3 +153,49 @@ def save_traced(model: torch.nn.Module, path: Path, example: torch.Tensor) -> to
     with torch.no_grad():
         torch.jit.save(torch.jit.trace(model, example), str(path))
     return model
+
+
+def keras_cnn(path: Path) -> Any:
+    """The seeds' kind of Keras model: a binary image classifier (Rescaling, Conv2D/MaxPooling, Dense, sigmoid) on
+    64x64 RGB images, saved as `path` (.keras or .h5)."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((64, 64, 3), name="image"),
+        keras.layers.Rescaling(1 / 255.0),
+        keras.layers.Conv2D(16, 3, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu"), keras.layers.MaxPooling2D(),
+        keras.layers.Flatten(), keras.layers.Dense(32, activation="relu"),
+        keras.layers.Dense(1, activation="sigmoid", name="probability"),
+    ])
+    model.save(str(path))
+    return model
+
+
+def keras_images(path: Path, n: int = 64, seed: int = 5) -> Path:
+    """Images as the Keras model expects them (0..255, channels last): the user's samples."""
+    import numpy as np
+
+    np.savez(path, image=np.random.default_rng(seed).uniform(0, 255, (n, 64, 64, 3)).astype(np.float32))
+    return path
+
+
+class ConfiguredCNN(torch.nn.Module):
+    """A model whose shape comes from its config, as most shipped ones do: conversion.modelClassArgs builds it."""
+
+    def __init__(self, width: int, classes: int = 10) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, width, 3, padding=1)
+        self.head = torch.nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def configured_cnn(config: dict[str, Any]) -> ConfiguredCNN:
+    """A factory, as conversion.modelClass may name: a config object (here a dict) in, the module out."""
+    return ConfiguredCNN(width=int(config["hidden"]), classes=int(config.get("labels", 10)))

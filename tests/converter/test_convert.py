@@ -19,6 +19,7 @@ from convert_models import (
     ENCODER_SIGNATURE,
     NaNModel,
     WrongShape,
+    configured_cnn,
     save_cnn_onnx,
     save_exported_encoder,
     save_torchscript,
@@ -26,7 +27,13 @@ from convert_models import (
 )
 from modelyard.api.v1alpha1 import ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion
-from modelyard.convert.errors import ConversionUnsupported, SourceRefused, ValidationFailed
+from modelyard.convert.errors import (
+    ConversionFailed,
+    ConversionUnsupported,
+    SourceRefused,
+    SourceUnreadable,
+    ValidationFailed,
+)
 from modelyard.convert.pipeline import Request, convert
 
 pytestmark = [pytest.mark.converter, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -178,6 +185,26 @@ def test_state_dict_with_a_named_class_is_loaded_safely(tmp_path: Path) -> None:
     manifest = convert(request("cnn", source(str(weights), "pytorch", CNN_SIGNATURE),
                                {"modelClass": "convert_models:CNN"}), tmp_path / "s")
     assert manifest["validation"]["passed"]
+
+
+def test_a_model_class_gets_its_constructor_arguments(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weights = tmp_path / "configured.pth"
+    torch.save(configured_cnn({"hidden": 24}).state_dict(), weights)
+    src = source(str(weights), "pytorch", CNN_SIGNATURE)
+    by_class = convert(request("c", src, {"modelClass": "convert_models:ConfiguredCNN",
+                                          "modelClassArgs": {"width": 24, "classes": 10}}), tmp_path / "s")
+    by_factory = convert(request("c", src, {"modelClass": "convert_models:configured_cnn",
+                                            "modelClassArgs": {"config": {"hidden": 24}}}), tmp_path / "s")
+    assert by_class["validation"]["passed"] and by_factory["validation"]["passed"]
+    assert by_class["artifact"]["sha256"] == by_factory["artifact"]["sha256"]  # the same module, however built
+    with pytest.raises(ConversionFailed, match=r"ConfiguredCNN\(\) failed: TypeError: .*width.*set "
+                       "conversion.modelClassArgs"):
+        convert(request("c", src, {"modelClass": "convert_models:ConfiguredCNN"}), tmp_path / "s")
+    with pytest.raises(SourceUnreadable,
+                       match=r"(?s)configured\.pth does not fit conversion\.modelClass .*size mismatch"):
+        convert(request("c", src, {"modelClass": "convert_models:ConfiguredCNN", "modelClassArgs": {"width": 8}}),
+                tmp_path / "s")
 
 
 def test_tensorrt_without_a_gpu_is_unsupported_not_a_crash(models: Path, tmp_path: Path) -> None:

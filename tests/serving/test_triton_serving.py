@@ -13,7 +13,16 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from convert_models import CNN, CNN_SIGNATURE, ENCODER_SIGNATURE, save_exported_encoder, save_torchscript, source
+from convert_models import (
+    CNN,
+    CNN_SIGNATURE,
+    ENCODER_SIGNATURE,
+    keras_cnn,
+    keras_images,
+    save_exported_encoder,
+    save_torchscript,
+    source,
+)
 from modelyard.api.v1alpha1 import ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion
 from modelyard.convert.pipeline import Request, convert
@@ -31,12 +40,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Triton, d
     d = tmp_path_factory.mktemp("triton")
     cnn = save_torchscript(CNN, d / "cnn.pt")
     encoder = save_exported_encoder(d / "encoder.pt2")
+    keras_model = keras_cnn(d / "cnn.keras")
+    images = keras_images(d / "images.npz")
     repo = d / "repository"
     repo.mkdir()
     for name, src, conv in (
         ("cnn", source(str(d / "cnn.pt"), "torchscript", CNN_SIGNATURE), {}),
         ("cnn_int8", source(str(d / "cnn.pt"), "torchscript", CNN_SIGNATURE), {"precision": "int8"}),
         ("encoder", source(str(d / "encoder.pt2"), "pytorch", ENCODER_SIGNATURE), {"precision": "fp16"}),
+        ("keras_cnn", source(str(d / "cnn.keras"), "keras", None), {"samples": {"uri": str(images)}}),
     ):
         manifest = convert(Request(name, ModelSource.model_validate(src), Conversion.model_validate(conv), CPU,
                                    flavour="python"), d / "store")
@@ -48,7 +60,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Triton, d
     (repo / "cnn_ts").symlink_to(d / "shadow" / "cnn_ts")
     triton = Triton(repo, d).start()
     try:
-        yield triton, {"cnn": cnn, "cnn_int8": cnn, "cnn_ts": cnn, "encoder": encoder}
+        yield triton, {"cnn": cnn, "cnn_int8": cnn, "cnn_ts": cnn, "encoder": encoder, "keras_cnn": keras_model}
     finally:
         triton.stop()
 
@@ -97,10 +109,23 @@ def test_encoder_over_grpc_matches_the_source(served: tuple[Triton, dict[str, to
     np.testing.assert_allclose(got, want, atol=2e-2, rtol=2e-2)
 
 
+def test_the_keras_cnn_is_served_like_keras_computes_it(served: tuple[Triton, dict[str, Any]]) -> None:
+    """The seeds' kind of model: a Keras binary classifier, converted to ONNX and answered by tritonserver."""
+    triton, models = served
+    x = np.random.default_rng(9).uniform(0, 255, (3, 64, 64, 3)).astype(np.float32)
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{triton.http_port}")
+    inp = httpclient.InferInput("image", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    got = client.infer("keras_cnn", [inp]).as_numpy("output_0")
+    want = np.asarray(models["keras_cnn"].predict(x, verbose=0))
+    assert got.shape == want.shape == (3, 1)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_triton_reports_the_models_ready_and_exposes_metrics(served: tuple[Triton, dict[str, torch.nn.Module]]) -> None:
     triton, _ = served
     client = httpclient.InferenceServerClient(f"127.0.0.1:{triton.http_port}")
-    for name in ("cnn", "cnn_int8", "encoder"):
+    for name in ("cnn", "cnn_int8", "encoder", "keras_cnn"):
         assert client.is_model_ready(name)
     import urllib.request
 

@@ -62,6 +62,7 @@ class Reason(StrEnum):
     CONVERSION_UNSUPPORTED = "ConversionUnsupported"
     SOURCE_REFUSED = "SourceRefused"
     SOURCE_UNAVAILABLE = "SourceUnavailable"
+    SOURCE_UNREADABLE = "SourceUnreadable"
     CONVERSION_FAILED = "ConversionFailed"
     # Progressing (canary rollouts); the Canary* reasons are modelyard.rollout.canary's
     CANARY_PROGRESSING = "CanaryProgressing"

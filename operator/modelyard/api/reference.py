@@ -54,6 +54,8 @@ REASONS: dict[Reason, str] = {
     "data outside its directory.",
     Reason.SOURCE_UNAVAILABLE: "The source cannot be read (missing object or external data file, wrong "
     "credentials).",
+    Reason.SOURCE_UNREADABLE: "The source was fetched but is not a model of its declared format: truncated, "
+    "corrupt, or another format (the message names what was expected).",
     Reason.CONVERSION_FAILED: "The conversion failed without a more precise reason: the Job failed without a result "
     "(deadline, out of memory, crash) or the converter met an error nobody foresaw; the message quotes it.",
     Reason.CANARY_PROGRESSING: "Progressing=True: the canary got a new weight or passed an analysis (numbers in the "

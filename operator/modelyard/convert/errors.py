@@ -17,6 +17,12 @@ class ConversionError(Exception):
         return self
 
 
+class ConversionFailed(ConversionError):
+    """The export itself failed (an operator the exporter lacks, say); the message says what and where to go."""
+
+    reason = "ConversionFailed"
+
+
 class SourceRefused(ConversionError):
     """The source is not something the converter will load (for example a pickled module)."""
 
@@ -25,6 +31,12 @@ class SourceRefused(ConversionError):
 
 class SourceUnavailable(ConversionError):
     reason = "SourceUnavailable"
+
+
+class SourceUnreadable(ConversionError):
+    """The source was fetched but is not a model of its declared format (truncated, corrupt, another format)."""
+
+    reason = "SourceUnreadable"
 
 
 class ConversionUnsupported(ConversionError):

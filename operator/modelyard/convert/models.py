@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from modelyard.api.v1alpha1 import DataType, ModelFormat, ModelSignature
 from modelyard.api.v1alpha1.conversion import Conversion
-from modelyard.convert.errors import ConversionUnsupported, SourceRefused
+from modelyard.convert.errors import ConversionFailed, ConversionUnsupported, SourceRefused, SourceUnreadable
 
 DTYPES: dict[DataType, Any] = {
     DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT8: np.int8, DataType.INT16: np.int16,
@@ -47,6 +47,8 @@ class Runnable:
     kind: str = "torch"
     exported_program: Any = None
     """For torch.export (.pt2) sources: the program, which the dynamo-based ONNX exporter takes as it is."""
+    keras_model: Any = None
+    """For Keras sources: the model, loaded on Keras's torch backend; it exports itself to ONNX."""
 
 
 def _signature_tensors(signature: ModelSignature | None, what: str) -> tuple[list[Tensor], list[Tensor]]:
@@ -102,6 +104,8 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
         return onnx_runnable(path, batched)
     if fmt == ModelFormat.TENSORFLOW_SAVEDMODEL:
         raise ConversionUnsupported("a TensorFlow SavedModel is served as it is; it is not converted")
+    if fmt == ModelFormat.KERAS:
+        return keras_runnable(path, signature)
     import torch
 
     inputs, outputs = _signature_tensors(signature, f"a {fmt} source")
@@ -140,9 +144,78 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
         raise SourceRefused(
             f"{path.name} is not a plain state_dict (torch.load with weights_only=True refused it: {exc})"
         ) from exc
-    module = cls()
-    module.load_state_dict(state)
+    kwargs = conversion.model_class_args or {}
+    try:
+        module = cls(**kwargs)
+    except Exception as exc:
+        raise ConversionFailed(f"conversion.modelClass {conversion.model_class}({', '.join(sorted(kwargs))}) "
+                               f"failed: {type(exc).__name__}: {exc}; set conversion.modelClassArgs to what it "
+                               "takes"[:800]) from exc
+    try:
+        module.load_state_dict(state)
+    except Exception as exc:  # missing or unexpected keys, shape mismatches
+        raise SourceUnreadable(f"{path.name} does not fit conversion.modelClass {conversion.model_class}: "
+                               f"{type(exc).__name__}: {str(exc)[:600]}") from exc
     return _torch_runnable(module.eval(), inputs, outputs)
+
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def _keras() -> Any:
+    """Keras 3 on its torch backend: the converter's torch does the work, TensorFlow is not needed."""
+    import os
+
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    import keras
+
+    if keras.backend.backend() != "torch":
+        raise ConversionUnsupported(f"Keras runs on its {keras.backend.backend()} backend here; the converter needs "
+                                    "KERAS_BACKEND=torch")
+    return keras
+
+
+def keras_runnable(path: Path, signature: ModelSignature | None) -> Runnable:
+    """A .keras (Keras 3) or .h5 (Keras 2) file, loaded in safe mode: a Lambda layer's Python code, or a class
+    from outside Keras, is refused, never run."""
+    if path.suffix not in KERAS_SUFFIXES:
+        raise SourceUnreadable(f"{path.name} is not a Keras file: format keras takes a .keras (Keras 3) or .h5 "
+                               "(Keras 2) file; a SavedModel directory is format tensorflow-savedmodel")
+    keras = _keras()
+    try:
+        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    except ValueError as exc:
+        if "arbitrary code" in str(exc) or "safe_mode" in str(exc):
+            raise SourceRefused(f"{path.name} holds Python code (a Lambda layer or an unregistered class), which "
+                                "is not loaded: replace the Lambda with Keras layers, or register the class and "
+                                "build a converter image with its code (docs/conversion.md)") from exc
+        raise SourceUnreadable(f"{path.name} is not a Keras model Keras {keras.__version__} can load: {exc}"[:800]) \
+            from exc
+    except Exception as exc:  # h5py, zipfile and json errors for truncated or foreign files
+        raise SourceUnreadable(f"{path.name} is not a Keras model Keras {keras.__version__} can load: "
+                               f"{type(exc).__name__}: {exc}"[:800]) from exc
+
+    def tensors(items: list[Any], declared: list[Any] | None, prefix: str) -> list[Tensor]:
+        out = []
+        for i, item in enumerate(items):
+            dims = tuple(-1 if d is None else int(d) for d in item.shape[1:])
+            dtype = DataType.FP32 if "float" in str(item.dtype) else ONNX_TO_DATATYPE.get(f"tensor({item.dtype})",
+                                                                                          DataType.FP32)
+            name = declared[i].name if declared and i < len(declared) else (
+                item.name if prefix == "input" else f"{prefix}_{i}")
+            out.append(Tensor(name, dtype, dims))
+        return out
+
+    inputs = tensors(list(model.inputs), signature.inputs if signature else None, "input")
+    outputs = tensors(list(model.outputs), signature.outputs if signature else None, "output")
+
+    def run(feed: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
+        args = [np.ascontiguousarray(feed[t.name]) for t in inputs]
+        result = model(args if len(args) > 1 else args[0], training=False)
+        items = list(result) if isinstance(result, tuple | list) else [result]
+        return [np.asarray(keras.ops.convert_to_numpy(r)) for r in items]
+
+    return Runnable(inputs, outputs, run, kind="keras", keras_model=model)
 
 
 def torchscript_runnable(path: Path, inputs: list[Tensor], outputs: list[Tensor]) -> Runnable:

@@ -18,8 +18,15 @@ from typing import Any
 from modelyard.api.v1alpha1 import ModelFormat, ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion, Precision, Target
 from modelyard.convert import CONVERTER_VERSION
-from modelyard.convert.errors import ConversionUnsupported
-from modelyard.convert.models import Runnable, Tensor, load_source, onnx_runnable, torchscript_runnable
+from modelyard.convert.errors import ConversionUnsupported, SourceUnreadable
+from modelyard.convert.models import (
+    KERAS_SUFFIXES,
+    Runnable,
+    Tensor,
+    load_source,
+    onnx_runnable,
+    torchscript_runnable,
+)
 from modelyard.convert.onnxdata import companions, write_artifact
 from modelyard.convert.quantize import Int8Result, to_int8
 from modelyard.convert.sources import PVC_MOUNT, digest, fetch
@@ -90,6 +97,11 @@ def refuse_impossible(request: Request) -> None:
             f"a TensorFlow SavedModel is served as it is by Triton's TensorFlow backend, not converted: target "
             f"{conv.target}, precision {conv.precision}{' and pruning' if conv.pruning else ''} cannot be honoured; "
             "remove them from spec.conversion (the SavedModel is then published unchanged)")
+    if fmt == ModelFormat.KERAS and (conv.target != Target.ONNX or conv.pruning is not None):
+        raise ConversionUnsupported(
+            f"a Keras model converts to ONNX{'' if conv.pruning is None else ', without pruning'}: target "
+            f"{conv.target}{' and pruning' if conv.pruning else ''} cannot be honoured; use target onnx (fp32, fp16 "
+            "or int8)")
     if fmt == ModelFormat.ONNX and conv.target == Target.TORCHSCRIPT:
         raise ConversionUnsupported("an ONNX source cannot be converted to TorchScript (there is no ONNX -> "
                                     "TorchScript converter that keeps the model's behaviour); use target onnx")
@@ -116,6 +128,11 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
     version_dir.mkdir(parents=True)
 
     if request.source.format == ModelFormat.TENSORFLOW_SAVEDMODEL:
+        if not (source_path / "saved_model.pb").is_file():
+            hint = (" a .keras or .h5 file is format keras, which converts to ONNX" if source_path.suffix in
+                    KERAS_SUFFIXES else "")
+            raise SourceUnreadable(f"{source_path.name} is not a SavedModel directory (one holding saved_model.pb);"
+                                   + hint)
         shutil.copytree(source_path, version_dir / "model.savedmodel")
         cfg = model_config(request.name, "savedmodel", [], [], serving)
         (repo / request.name / "config.pbtxt").write_text(to_pbtxt(cfg))

@@ -9,7 +9,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from modelyard.api.v1alpha1.conversion import Conversion, Precision, Target
-from modelyard.convert.errors import ConversionUnsupported
+from modelyard.convert.errors import ConversionFailed, ConversionUnsupported
 from modelyard.convert.models import Runnable, Tensor
 
 
@@ -49,6 +49,10 @@ def export_onnx(
     -1 dimensions dynamic."""
     import torch
 
+    if runnable.keras_model is not None:
+        runnable.run(feed)  # Keras exports a model that has been called (built on real shapes)
+        export_keras(runnable, out, opset)
+        return
     if runnable.exported_program is not None and not pruned:
         torch.onnx.export(
             runnable.exported_program, _example_args(runnable.inputs, feed), str(out), dynamo=True,
@@ -71,6 +75,29 @@ def export_onnx(
         runnable.torch_module, _example_args(runnable.inputs, feed), str(out), dynamo=False,
         input_names=names_in, output_names=names_out, dynamic_axes=axes, opset_version=opset,
     )
+
+
+def export_keras(runnable: Runnable, out: Path, opset: int) -> None:
+    """Keras's own ONNX export (on the torch backend it drives torch's exporter), then the graph's inputs and
+    outputs renamed to the source's names: Keras numbers them."""
+    import onnx
+
+    try:
+        runnable.keras_model.export(str(out), format="onnx", opset_version=max(opset, 18), verbose=False)
+    except Exception as exc:
+        raise ConversionFailed(f"Keras's ONNX export failed: {type(exc).__name__}: {exc}"[:1000]) from exc
+    _inline_external_data(out)
+    model = onnx.load(str(out))
+    renames = {}
+    for value, tensor in [*zip(model.graph.input, runnable.inputs, strict=False),
+                          *zip(model.graph.output, runnable.outputs, strict=False)]:
+        if value.name != tensor.name:
+            renames[value.name] = tensor.name
+            value.name = tensor.name
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    onnx.save(model, str(out))
 
 
 def _inline_external_data(path: Path) -> None:

@@ -17,6 +17,7 @@ _FAILURE_REASONS = {
     "ConversionUnsupported": Reason.CONVERSION_UNSUPPORTED,
     "SourceRefused": Reason.SOURCE_REFUSED,
     "SourceUnavailable": Reason.SOURCE_UNAVAILABLE,
+    "SourceUnreadable": Reason.SOURCE_UNREADABLE,
 }
 
 

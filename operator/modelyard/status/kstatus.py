@@ -25,7 +25,8 @@ from modelyard.status.conditions import Clock, find, set_condition, utc_now
 STALLED_REASONS: frozenset[str] = frozenset({
     Reason.INVALID_SPEC, Reason.APPLY_REJECTED, Reason.NAME_CONFLICT, Reason.SOURCE_UNSUPPORTED,
     Reason.PROGRESS_DEADLINE_EXCEEDED, Reason.PROMETHEUS_NOT_CONFIGURED, Reason.VALIDATION_FAILED,
-    Reason.VALIDATION_INCONCLUSIVE, Reason.CONVERSION_UNSUPPORTED, Reason.SOURCE_REFUSED, Reason.CONVERSION_FAILED,
+    Reason.VALIDATION_INCONCLUSIVE, Reason.CONVERSION_UNSUPPORTED, Reason.SOURCE_REFUSED, Reason.SOURCE_UNREADABLE,
+    Reason.CONVERSION_FAILED,
 })
 """Reasons that no retry heals: the spec (or the operator's settings) must change, or a person must act."""
 

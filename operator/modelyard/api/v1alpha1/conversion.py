@@ -7,7 +7,7 @@ after the converted model passed validation (docs/conversion.md).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -202,7 +202,14 @@ class Conversion(Spec):
         default=None,
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
         description="For format pytorch: the importable class (module:Class) whose state_dict the source file holds; "
-        "it is loaded with torch.load(weights_only=True), never unpickled as code.",
+        "it is loaded with torch.load(weights_only=True), never unpickled as code. A factory function (module:build) "
+        "that returns the module works the same. Its code must be in the converter image (docs/conversion.md).",
+    )
+    model_class_args: dict[str, Any] | None = Field(
+        default=None,
+        description="Keyword arguments for modelClass, as JSON (numbers, strings, lists, objects): a config, say. "
+        "A factory function can turn them into the config object its class takes.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
 
     def min_top1(self) -> float:

@@ -52,6 +52,7 @@ class ModelFormat(StrEnum):
     TORCHSCRIPT = "torchscript"
     ONNX = "onnx"
     TENSORFLOW_SAVEDMODEL = "tensorflow-savedmodel"
+    KERAS = "keras"
 
 
 class DataType(StrEnum):
@@ -143,7 +144,8 @@ class ModelSource(Spec):
         max_length=2048,
     )
     format: ModelFormat = Field(
-        description="The artifact's format: pytorch, torchscript, onnx or tensorflow-savedmodel."
+        description="The artifact's format: pytorch, torchscript, onnx, keras (a .keras or .h5 file, converted "
+        "to ONNX) or tensorflow-savedmodel (served as it is)."
     )
     credentials_secret_ref: SecretReference | None = Field(
         default=None,

@@ -1,0 +1,97 @@
+"""Keras sources (.keras, .h5) converted to ONNX on Keras's torch backend, validated against Keras itself."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from convert_models import keras_cnn, keras_images, source
+from modelyard.api.v1alpha1 import ModelSource, Serving
+from modelyard.api.v1alpha1.conversion import Conversion
+from modelyard.convert.errors import ConversionUnsupported, SourceRefused, SourceUnreadable
+from modelyard.convert.pipeline import Request, convert
+
+pytestmark = [pytest.mark.converter, pytest.mark.filterwarnings("ignore")]
+warnings.filterwarnings("ignore")
+CPU = Serving.model_validate({"gpus": 0, "maxBatchSize": 8})
+SIGNATURE = {"inputs": [{"name": "image", "dataType": "FP32", "shape": [64, 64, 3]}],
+             "outputs": [{"name": "probability", "dataType": "FP32", "shape": [1]}]}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("keras")
+    keras_cnn(d / "cnn.keras")
+    keras_cnn(d / "cnn.h5")
+    keras_images(d / "images.npz")
+    return d
+
+
+def request(uri: str, conversion: dict[str, Any] | None = None, fmt: str = "keras",
+            signature: dict[str, Any] | None = None) -> Request:
+    return Request("keras", ModelSource.model_validate(source(uri, fmt, signature)),
+                   Conversion.model_validate(conversion or {}), CPU)
+
+
+@pytest.mark.parametrize("name", ["cnn.keras", "cnn.h5"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8-dynamic"])
+def test_keras_files_convert_to_onnx_and_pass_the_gate(files: Path, tmp_path: Path, name: str,
+                                                       precision: str) -> None:
+    conv: dict[str, Any] = {"precision": precision.split("-")[0], "samples": {"uri": str(files / "images.npz")}}
+    if precision == "int8-dynamic":
+        conv["int8Mode"] = "dynamic"
+    manifest = convert(request(str(files / name), conv), tmp_path / "store")
+    v = manifest["validation"]
+    assert v["passed"] and manifest["target"] == "onnx" and manifest["precision"] == conv["precision"]
+    assert v["samples"] == (48 if precision.startswith("int8") else 64)  # int8: the first quarter calibrates
+    assert v["outputs"][0]["spread"] > 1e-4  # real images, not noise the Rescaling layer flattens
+    repo = Path(manifest["repository"])
+    cfg = text_format.Parse((repo / "keras" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert cfg.platform == "onnxruntime_onnx"
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("image", [64, 64, 3])]
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("output_0", [1])]  # Keras numbers its outputs
+
+
+def test_the_signature_names_the_outputs(files: Path, tmp_path: Path) -> None:
+    manifest = convert(request(str(files / "cnn.keras"), signature=SIGNATURE), tmp_path / "store")
+    cfg = text_format.Parse((Path(manifest["repository"]) / "keras" / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert [o.name for o in cfg.output] == ["probability"]
+
+
+def test_a_lambda_layer_is_refused_not_run(tmp_path: Path) -> None:
+    import keras
+
+    model = keras.Sequential([keras.Input((4,), name="x"), keras.layers.Lambda(lambda t: t * 2),
+                              keras.layers.Dense(1)])
+    for name in ("lambda.keras", "lambda.h5"):  # the Lambda's bytecode is in the file; safe mode never loads it
+        model.save(str(tmp_path / name))
+        with pytest.raises(SourceRefused, match=r"holds Python code .*Lambda"):
+            convert(request(str(tmp_path / name)), tmp_path / "store")
+
+
+@pytest.mark.parametrize(("uri", "conversion", "fmt", "error", "words"), [
+    ("/nowhere/cnn.keras", {"target": "torchscript"}, "keras", ConversionUnsupported, "a Keras model converts to ONNX"),
+    ("/nowhere/cnn.keras", {"pruning": {"sparsity": 0.3}}, "keras", ConversionUnsupported, "without pruning"),
+])
+def test_impossible_keras_requests_are_refused_before_any_work(tmp_path: Path, uri: str, conversion: dict[str, Any],
+                                                               fmt: str, error: type[Exception], words: str) -> None:
+    with pytest.raises(error, match=words):  # the source does not exist: a late refusal would say so instead
+        convert(request(uri, conversion, fmt), tmp_path / "store")
+
+
+def test_a_keras_file_given_as_savedmodel_says_what_it_is(files: Path, tmp_path: Path) -> None:
+    with pytest.raises(SourceUnreadable, match=r"is not a SavedModel directory.*format keras"):
+        convert(request(str(files / "cnn.keras"), fmt="tensorflow-savedmodel"), tmp_path / "store")
+
+
+@pytest.mark.parametrize("name", ["broken.keras", "broken.h5", "model.onnx"])
+def test_a_file_keras_cannot_read_is_unreadable(tmp_path: Path, name: str) -> None:
+    (tmp_path / name).write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(SourceUnreadable, match=f"{name} is not a Keras"):
+        convert(request(str(tmp_path / name)), tmp_path / "store")
