@@ -59,14 +59,11 @@ def test_convert_command_reports_a_failed_validation(tmp_path: Path, capsys: pyt
 def test_an_unforeseen_failure_still_ends_with_a_reason_and_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A torch.export archive that is not one fails inside torch with an error no reason maps: the termination
-    message still says ConversionFailed, with the error, for the operator's conditions."""
-    bogus = tmp_path / "model.pt2"
-    bogus.write_bytes(b"PK\x03\x04 not really a zip archive")
-    doc = yaml.safe_load(manifest(tmp_path, bogus, {}).read_text())
-    doc["spec"]["model"]["format"] = "pytorch"
-    md = tmp_path / "pt2.yaml"
-    md.write_text(yaml.safe_dump(doc))
+    """A store that is a file, not a directory, fails inside the publishing with an OSError no reason maps: the
+    termination message still says ConversionFailed, with the error, for the operator's conditions."""
+    save_torchscript(CNN, tmp_path / "cnn.pt")
+    md = manifest(tmp_path, tmp_path / "cnn.pt", {})
+    (tmp_path / "store").write_text("a file where the store should be")
     term = tmp_path / "termination-log"
     assert main(["convert", "-f", str(md), "--out", str(tmp_path / "store"), "--termination-log", str(term)]) == 1
     result = json.loads(term.read_text())

@@ -63,7 +63,8 @@ def test_converted_validated_then_ready_and_a_bad_model_leaves_the_serving_revis
     assert (converted["status"], converted["reason"]) == ("True", "Converted")
     assert "conv/1/model.onnx sha256:" in converted["message"]
     assert (validated["status"], validated["reason"]) == ("True", "Validated")
-    assert "32 samples: max abs error" in validated["message"] and "top-1 agreement 1.0000" in validated["message"]
+    # fp16, judged element by element against the output's spread (no classifier output declared: no top-1)
+    assert "128 samples: max abs error" in validated["message"] and "atol 0.02 x spread" in validated["message"]
     repository = body["status"]["revisions"]["latest"]["modelRepository"]
     key = repository.rsplit("/", 1)[-1]
     assert repository == f"pvc://model-store/converted/{key}"

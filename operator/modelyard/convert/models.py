@@ -65,9 +65,14 @@ def _signature_tensors(signature: ModelSignature | None, what: str) -> tuple[lis
 def _torch_runnable(module: Any, inputs: list[Tensor], outputs: list[Tensor]) -> Runnable:
     import torch
 
+    # no_grad, not inference_mode: a traced transformer saves tensors "for backward" inside its graph, and
+    # tensors made in inference mode may not be saved ("Inference tensors cannot be saved for backward").
+    for p in getattr(module, "parameters", lambda: [])():
+        p.requires_grad_(False)
+
     def run(feed: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
         args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])) for t in inputs]
-        with torch.inference_mode():
+        with torch.no_grad():
             result = module(*args)
         items = list(result) if isinstance(result, tuple | list) else [result]
         return [r.detach().cpu().numpy() for r in items]
@@ -101,7 +106,11 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
                 batched: bool) -> Runnable:
     """Load the source model, refusing anything that would unpickle code."""
     if fmt == ModelFormat.ONNX:
-        return onnx_runnable(path, batched)
+        try:
+            return onnx_runnable(path, batched)
+        except Exception as exc:  # onnxruntime's InvalidGraph, Fail, NotImplemented: a graph it cannot run
+            raise SourceUnreadable(f"onnxruntime cannot load {path.name}: {type(exc).__name__}: "
+                                   f"{str(exc)[:500]}") from exc
     if fmt == ModelFormat.TENSORFLOW_SAVEDMODEL:
         raise ConversionUnsupported("a TensorFlow SavedModel is served as it is; it is not converted")
     if fmt == ModelFormat.KERAS:
@@ -121,7 +130,11 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
         return _torch_runnable(module.eval(), inputs, outputs)
     # format: pytorch
     if path.suffix == ".pt2":
-        program = torch.export.load(str(path))
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:  # a zip that is not a torch.export archive, a truncated file
+            raise SourceUnreadable(f"{path.name} is not a torch.export archive (torch.export.save): "
+                                   f"{type(exc).__name__}: {str(exc)[:400]}") from exc
         runnable = _torch_runnable(program.module(), inputs, outputs)
         runnable.exported_program = program
         return runnable

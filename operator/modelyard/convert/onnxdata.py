@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from modelyard.convert.errors import SourceRefused, SourceUnavailable
+from modelyard.convert.errors import SourceRefused, SourceUnavailable, SourceUnreadable
 
 PROTOBUF_LIMIT = 2**31 - 1
 """A protobuf message cannot be larger (bytes): a bigger model keeps its weights in external data."""
@@ -44,7 +44,7 @@ def external_locations(graph_path: Path) -> list[str]:
     try:
         model = onnx.load(str(graph_path), load_external_data=False)
     except Exception as exc:  # DecodeError and friends: not an ONNX file
-        raise SourceRefused(f"{graph_path.name} is not an ONNX model: {type(exc).__name__}: {exc}"[:500]) from exc
+        raise SourceUnreadable(f"{graph_path.name} is not an ONNX model: {type(exc).__name__}: {exc}"[:500]) from exc
     found: list[str] = []
     for tensor in _tensors(model.graph):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:

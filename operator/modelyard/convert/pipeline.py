@@ -146,6 +146,7 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
     batch_size = min(8, serving.max_batch_size) if batched else 1
     samples = make_samples(source.inputs, conv, batched, batch_size)
     first_batch = samples.validation[0]
+    run_all(source, [first_batch], "source")  # samples the source cannot take are said so before any export
     achieved_sparsity = None
     if conv.pruning:
         # Validate the pruned model against the unpruned source: reload it so the reference keeps its weights.

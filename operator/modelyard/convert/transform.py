@@ -71,10 +71,21 @@ def export_onnx(
             dyn[0] = "batch"
         if dyn:
             axes[t.name] = dyn
-    torch.onnx.export(
-        runnable.torch_module, _example_args(runnable.inputs, feed), str(out), dynamo=False,
-        input_names=names_in, output_names=names_out, dynamic_axes=axes, opset_version=opset,
-    )
+    try:
+        torch.onnx.export(
+            runnable.torch_module, _example_args(runnable.inputs, feed), str(out), dynamo=False,
+            input_names=names_in, output_names=names_out, dynamic_axes=axes, opset_version=opset,
+        )
+    except torch.onnx.errors.UnsupportedOperatorError as exc:
+        raise ConversionFailed(
+            f"{str(exc).splitlines()[0][:300]}: the TorchScript-based ONNX exporter has no translation for it. "
+            "Export the model with torch.export instead (torch.export.export, then torch.export.save to a .pt2, "
+            "format pytorch): the dynamo exporter translates far more operators; or raise conversion.opset if a "
+            "later opset has it") from exc
+    except torch.onnx.errors.OnnxExporterError as exc:
+        raise ConversionFailed(
+            f"the TorchScript-based ONNX exporter failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}. "
+            "Export the model with torch.export (a .pt2, format pytorch) for the dynamo exporter") from exc
 
 
 def export_keras(runnable: Runnable, out: Path, opset: int) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from modelyard.api.v1alpha1.conversion import Conversion, Precision
-from modelyard.convert.errors import ValidationFailed, ValidationInconclusive
+from modelyard.convert.errors import SourceUnavailable, SourceUnreadable, ValidationFailed, ValidationInconclusive
 from modelyard.convert.models import DTYPES, Runnable, Tensor
 
 Feed = dict[str, NDArray[Any]]
@@ -132,7 +132,17 @@ def _generate(inputs: list[Tensor], conversion: Conversion, batched: bool, count
 
 
 def _load(uri: str, inputs: list[Tensor]) -> Feed:
-    with np.load(Path(uri)) as data:
+    try:
+        data = np.load(Path(uri))
+    except FileNotFoundError as exc:
+        raise SourceUnavailable(f"the samples file {uri} does not exist") from exc
+    except Exception as exc:  # not an .npz, or a pickled object array (allow_pickle stays off)
+        raise SourceUnreadable(f"the samples file {Path(uri).name} is not an .npz of arrays: "
+                               f"{type(exc).__name__}: {str(exc)[:300]}") from exc
+    if not hasattr(data, "files"):
+        raise SourceUnreadable(f"the samples file {Path(uri).name} is a single array; save an .npz with one array "
+                               "per input name (numpy.savez)")
+    with data:
         missing = [t.name for t in inputs if t.name not in data]
         if missing:
             raise ValidationFailed(f"the samples file {Path(uri).name} has no array for inputs {missing}")
@@ -192,10 +202,23 @@ def run_all(model: Runnable, feeds: list[Feed], what: str) -> list[list[NDArray[
         except Exception as exc:
             shapes = {k: list(v.shape) for k, v in feed.items()}
             error = ValidationInconclusive if what == "source" else ValidationFailed
+            hint = ""
+            if "Guard failed" in str(exc):
+                hint = (" (the torch.export program fixed this dimension at export: export it with a "
+                        "torch.export.Dim for it, or give samples of that shape in conversion.samples)")
+            elif what == "source":
+                hint = " (the samples do not suit the model: set conversion.samples)"
             raise error(f"the {what} model fails on inputs of shapes {shapes}: {type(exc).__name__}: "
-                        f"{str(exc)[:400]}" + (" (the samples do not suit the model: set conversion.samples)"
-                                               if what == "source" else "")) from exc
+                        f"{_gist(str(exc))}{hint}") from exc
     return results
+
+
+def _gist(message: str, limit: int = 500) -> str:
+    """An error's point: TorchScript puts its traceback first and the error last, so keep both ends."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(message) <= limit or len(lines) < 2:
+        return message[:limit]
+    return f"{lines[0][:150]} ... {lines[-1][:limit - 160]}"
 
 
 def _classifier_names(conversion: Conversion, names: list[str], problems: list[str]) -> set[str]:
