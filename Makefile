@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) (>= 3.11) is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,converter]'
+	$(BIN)/pip install --quiet -e '.[test,converter,converter-tensorflow]'
 	@touch $@
 
 .PHONY: venv

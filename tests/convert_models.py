@@ -199,3 +199,43 @@ class ConfiguredCNN(torch.nn.Module):
 def configured_cnn(config: dict[str, Any]) -> ConfiguredCNN:
     """A factory, as conversion.modelClass may name: a config object (here a dict) in, the module out."""
     return ConfiguredCNN(width=int(config["hidden"]), classes=int(config.get("labels", 10)))
+
+
+TF_CNN = """
+import sys
+import tensorflow as tf
+
+tf.random.set_seed(0)
+
+
+class CNN(tf.Module):
+    def __init__(self):
+        super().__init__()
+        self.w1 = tf.Variable(tf.random.normal([3, 3, 3, 16], stddev=0.3))
+        self.w2 = tf.Variable(tf.random.normal([3, 3, 16, 32], stddev=0.2))
+        self.dense = tf.Variable(tf.random.normal([32, 1], stddev=0.3))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, name="image")])
+    def __call__(self, image):
+        x = tf.nn.relu(tf.nn.conv2d(image, self.w1, 1, "SAME"))
+        x = tf.nn.max_pool2d(x, 2, 2, "VALID")
+        x = tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(x, self.w2, 1, "SAME")), axis=[1, 2])
+        return {"probability": tf.sigmoid(x @ self.dense)}
+
+
+model = CNN()
+tf.saved_model.save(model, sys.argv[1], signatures={"serving_default": model.__call__})
+"""
+
+
+def save_tf_cnn(path: Path) -> Path:
+    """A SavedModel of a small binary image classifier written with TensorFlow itself (channels last), with the
+    serving_default signature Triton and tf2onnx read: image (N, 32, 32, 3) -> probability (N, 1). Made in a
+    process of its own: TensorFlow and torch abort in one process (two LLVMs)."""
+    import subprocess
+    import sys
+
+    from modelyard.convert.models import tf_environment
+
+    subprocess.run([sys.executable, "-c", TF_CNN, str(path)], check=True, env=tf_environment(), timeout=600)
+    return path

@@ -89,6 +89,8 @@ CASES: list[tuple[str, Callable[[Path], Path], str, Any, Callable[[Path], dict[s
     ("junk as onnx", _junk("m.onnx"), "onnx", None, lambda d: {}, "SourceUnreadable", "is not an ONNX model"),
     ("junk as keras", _junk("m.keras"), "keras", None, lambda d: {}, "SourceUnreadable", "not a Keras model"),
     ("keras lambda", _lambda_keras, "keras", None, lambda d: {}, "SourceRefused", "holds Python code"),
+    ("junk savedmodel", lambda d: (_junk("saved_model.pb")(d), d)[1], "tensorflow-savedmodel", None, lambda d: {},
+     "SourceUnreadable", "is not a SavedModel TensorFlow"),
     ("keras as savedmodel", _keras, "tensorflow-savedmodel", None, lambda d: {}, "SourceUnreadable",
      "not a SavedModel directory"),
     ("no signature", _torchscript(CNN), "torchscript", None, lambda d: {}, "ConversionUnsupported",

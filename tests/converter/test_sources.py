@@ -89,8 +89,8 @@ def test_s3_source_converts_and_keeps_credentials_out(s3: str, model_dir: Path, 
 
 def test_s3_prefix_savedmodel_is_passed_through(s3: str, tmp_path: Path) -> None:
     src = {"uri": "s3://models/tf/savedmodel", "format": "tensorflow-savedmodel"}
-    manifest = convert(Request("tf", ModelSource.model_validate(src), Conversion(), Serving(gpus=0)),
-                       tmp_path / "store")
+    conversion = Conversion.model_validate({"target": "tensorflow-savedmodel"})
+    manifest = convert(Request("tf", ModelSource.model_validate(src), conversion, Serving(gpus=0)), tmp_path / "store")
     repo = Path(manifest["repository"])
     assert (repo / "tf" / "1" / "model.savedmodel" / "variables" / "variables.index").is_file()
     assert 'platform: "tensorflow_savedmodel"' in (repo / "tf" / "config.pbtxt").read_text()

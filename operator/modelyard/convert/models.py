@@ -49,6 +49,8 @@ class Runnable:
     """For torch.export (.pt2) sources: the program, which the dynamo-based ONNX exporter takes as it is."""
     keras_model: Any = None
     """For Keras sources: the model, loaded on Keras's torch backend; it exports itself to ONNX."""
+    saved_model: Path | None = None
+    """For SavedModel sources: the directory, which tf2onnx converts."""
 
 
 def _signature_tensors(signature: ModelSignature | None, what: str) -> tuple[list[Tensor], list[Tensor]]:
@@ -112,7 +114,7 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
             raise SourceUnreadable(f"onnxruntime cannot load {path.name}: {type(exc).__name__}: "
                                    f"{str(exc)[:500]}") from exc
     if fmt == ModelFormat.TENSORFLOW_SAVEDMODEL:
-        raise ConversionUnsupported("a TensorFlow SavedModel is served as it is; it is not converted")
+        return tensorflow_runnable(path, signature)
     if fmt == ModelFormat.KERAS:
         return keras_runnable(path, signature)
     import torch
@@ -229,6 +231,64 @@ def keras_runnable(path: Path, signature: ModelSignature | None) -> Runnable:
         return [np.asarray(keras.ops.convert_to_numpy(r)) for r in items]
 
     return Runnable(inputs, outputs, run, kind="keras", keras_model=model)
+
+
+def tf_environment() -> dict[str, str]:
+    """The environment of TensorFlow's processes: quiet, CPU, and Keras on TensorFlow's own backend (the converter
+    puts Keras on torch; inherited, it would load torch's LLVM beside TensorFlow's)."""
+    import os
+
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": "", "KERAS_BACKEND": "tensorflow"}
+
+
+def tensorflow_runnable(path: Path, signature: ModelSignature | None) -> Runnable:
+    """A SavedModel run by TensorFlow itself through its serving signature, in a worker process (tfworker.py)."""
+    import atexit
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    worker = subprocess.Popen([sys.executable, "-m", "modelyard.convert.tfworker", str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=tf_environment())
+    atexit.register(worker.kill)
+    assert worker.stdin is not None and worker.stdout is not None
+    stdin, stdout = worker.stdin, worker.stdout
+
+    def receive() -> dict[str, Any]:
+        line = stdout.readline()
+        if not line:
+            raise SourceUnreadable(f"TensorFlow exited while reading {path.name} (exit {worker.wait()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    hello = receive()
+    if "error" in hello:
+        worker.kill()
+        raise SourceUnreadable(f"{path.name} is {hello['error']}")
+    tf_types = {"float32": DataType.FP32, "float16": DataType.FP16, "float64": DataType.FP64, "int32": DataType.INT32,
+                "int64": DataType.INT64, "int8": DataType.INT8, "uint8": DataType.UINT8, "bool": DataType.BOOL}
+
+    def tensors(items: list[list[Any]]) -> list[Tensor]:
+        return [Tensor(name, tf_types.get(dtype, DataType.FP32), tuple(shape[1:])) for name, dtype, shape in items]
+
+    inputs, outputs = tensors(hello["signature"]["inputs"]), tensors(hello["signature"]["outputs"])
+    keys = [t.name for t in inputs]
+    if signature is not None:  # the user's names for the same tensors, in the same order
+        inputs = [Tensor(s.name, t.data_type, t.dims) for s, t in zip(signature.inputs, inputs, strict=False)]
+    scratch = Path(tempfile.mkdtemp(prefix="tfworker-"))
+
+    def run(feed: dict[str, NDArray[Any]]) -> list[NDArray[Any]]:
+        np.savez(scratch / "in.npz", **{key: feed[t.name] for key, t in zip(keys, inputs, strict=True)})
+        stdin.write(json.dumps({"run": str(scratch / "in.npz"), "out": str(scratch / "out.npz")}) + "\n")
+        stdin.flush()
+        answer = receive()
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        with np.load(scratch / "out.npz") as out:
+            return [np.asarray(out[t.name]) for t in outputs]
+
+    return Runnable(inputs, outputs, run, kind="tensorflow", saved_model=path)
 
 
 def torchscript_runnable(path: Path, inputs: list[Tensor], outputs: list[Tensor]) -> Runnable:

@@ -91,12 +91,26 @@ def convert(
 def refuse_impossible(request: Request) -> None:
     """Refuse, before anything is fetched, a request whose result could not be what it asks for."""
     conv, fmt = request.conversion, request.source.format
-    if fmt == ModelFormat.TENSORFLOW_SAVEDMODEL and (conv.target != Target.ONNX or conv.precision != Precision.FP32
-                                                     or conv.pruning is not None):
+    saved_model = fmt == ModelFormat.TENSORFLOW_SAVEDMODEL
+    if conv.target == Target.TENSORFLOW_SAVEDMODEL and (not saved_model or conv.precision != Precision.FP32
+                                                        or conv.pruning is not None):
         raise ConversionUnsupported(
-            f"a TensorFlow SavedModel is served as it is by Triton's TensorFlow backend, not converted: target "
-            f"{conv.target}, precision {conv.precision}{' and pruning' if conv.pruning else ''} cannot be honoured; "
-            "remove them from spec.conversion (the SavedModel is then published unchanged)")
+            "target tensorflow-savedmodel serves a SavedModel as it is (Triton's TensorFlow backend): "
+            + (f"a {fmt} source is not one; use target onnx" if not saved_model else
+               f"precision {conv.precision}{' and pruning' if conv.pruning else ''} cannot be honoured; use target "
+               "onnx, which converts the SavedModel with tf2onnx and then compresses it"))
+    if saved_model and conv.target not in (Target.ONNX, Target.TENSORFLOW_SAVEDMODEL):
+        raise ConversionUnsupported(f"a TensorFlow SavedModel converts to ONNX (tf2onnx), not {conv.target}; use "
+                                    "target onnx, or tensorflow-savedmodel to serve it as it is")
+    if saved_model and conv.target == Target.ONNX:
+        import importlib.util
+
+        missing = [m for m in ("tensorflow", "tf2onnx") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConversionUnsupported(
+                f"converting a SavedModel to ONNX needs {' and '.join(missing)} in the converter image (pip extra "
+                "converter-tensorflow, about 1.3 GB installed): build the converter with it, or set "
+                "conversion.target: tensorflow-savedmodel to serve the SavedModel as it is")
     if fmt == ModelFormat.KERAS and (conv.target != Target.ONNX or conv.pruning is not None):
         raise ConversionUnsupported(
             f"a Keras model converts to ONNX{'' if conv.pruning is None else ', without pruning'}: target "
@@ -112,7 +126,7 @@ def refuse_impossible(request: Request) -> None:
             "a torch.export program cannot be converted to TorchScript keeping its variable (-1) dimensions: "
             "tracing fixes them at the example's length, and the model would fail on any other; use target onnx "
             "(the dynamo exporter keeps them)")
-    if request.flavour == "python" and (conv.target != Target.ONNX or fmt == ModelFormat.TENSORFLOW_SAVEDMODEL):
+    if request.flavour == "python" and conv.target != Target.ONNX:
         raise ConversionUnsupported("the python flavour serves ONNX artifacts only: use target onnx with a PyTorch, "
                                     "TorchScript or ONNX source, or the native flavour")
 
@@ -127,12 +141,11 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
     version_dir = repo / request.name / "1"
     version_dir.mkdir(parents=True)
 
-    if request.source.format == ModelFormat.TENSORFLOW_SAVEDMODEL:
-        if not (source_path / "saved_model.pb").is_file():
-            hint = (" a .keras or .h5 file is format keras, which converts to ONNX" if source_path.suffix in
-                    KERAS_SUFFIXES else "")
-            raise SourceUnreadable(f"{source_path.name} is not a SavedModel directory (one holding saved_model.pb);"
-                                   + hint)
+    if request.source.format == ModelFormat.TENSORFLOW_SAVEDMODEL and not (source_path / "saved_model.pb").is_file():
+        hint = (" a .keras or .h5 file is format keras, which converts to ONNX" if source_path.suffix in KERAS_SUFFIXES
+                else "")
+        raise SourceUnreadable(f"{source_path.name} is not a SavedModel directory (one holding saved_model.pb);" + hint)
+    if conv.target == Target.TENSORFLOW_SAVEDMODEL:
         shutil.copytree(source_path, version_dir / "model.savedmodel")
         cfg = model_config(request.name, "savedmodel", [], [], serving)
         (repo / request.name / "config.pbtxt").write_text(to_pbtxt(cfg))

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 
 from modelyard.api.v1alpha1.conversion import Conversion, Precision, Target
 from modelyard.convert.errors import ConversionFailed, ConversionUnsupported
-from modelyard.convert.models import Runnable, Tensor
+from modelyard.convert.models import Runnable, Tensor, tf_environment
 
 
 def prune(runnable: Runnable, sparsity: float) -> float:
@@ -49,6 +49,9 @@ def export_onnx(
     -1 dimensions dynamic."""
     import torch
 
+    if runnable.saved_model is not None:
+        export_saved_model(runnable.saved_model, out, opset)
+        return
     if runnable.keras_model is not None:
         runnable.run(feed)  # Keras exports a model that has been called (built on real shapes)
         export_keras(runnable, out, opset)
@@ -86,6 +89,20 @@ def export_onnx(
         raise ConversionFailed(
             f"the TorchScript-based ONNX exporter failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}. "
             "Export the model with torch.export (a .pt2, format pytorch) for the dynamo exporter") from exc
+
+
+def export_saved_model(saved_model: Path, out: Path, opset: int) -> None:
+    """tf2onnx, in a process of its own (TensorFlow's graph rewriting and logging stay out of the converter's)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model), "--output", str(out),
+           "--opset", str(opset)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=tf_environment(), check=False, timeout=3600)
+    if done.returncode != 0 or not out.is_file():
+        errors = [line for line in done.stderr.splitlines() if "Error" in line or "error" in line]
+        raise ConversionFailed(f"tf2onnx could not convert the SavedModel (exit {done.returncode}): "
+                               + (" | ".join(errors[-3:]) or done.stderr[-600:])[:1200])
 
 
 def export_keras(runnable: Runnable, out: Path, opset: int) -> None:

@@ -18,6 +18,8 @@ class Target(StrEnum):
     ONNX = "onnx"
     TORCHSCRIPT = "torchscript"
     TENSORRT = "tensorrt"
+    TENSORFLOW_SAVEDMODEL = "tensorflow-savedmodel"
+    """A SavedModel served as it is by Triton's TensorFlow backend: nothing converted, nothing validated."""
 
 
 class Precision(StrEnum):
@@ -146,7 +148,11 @@ class Conversion(Spec):
         }
     }
 
-    target: Target = Field(default=Target.ONNX, description="onnx, torchscript or tensorrt (needs a GPU node).")
+    target: Target = Field(
+        default=Target.ONNX,
+        description="onnx, torchscript, tensorrt (needs a GPU node), or tensorflow-savedmodel: a SavedModel source "
+        "served as it is by Triton's TensorFlow backend (a SavedModel with target onnx is converted by tf2onnx).",
+    )
     precision: Precision = Field(default=Precision.FP32, description="fp32, fp16 or int8.")
     int8_mode: Int8Mode = Field(default=Int8Mode.STATIC, description="With int8: static (calibrated) or dynamic.")
     int8_calibration: Calibration = Field(
