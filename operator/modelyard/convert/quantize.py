@@ -176,7 +176,8 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     mode, method = conversion.int8_mode, conversion.int8_calibration
-    with tempfile.TemporaryDirectory(dir=path.parent.parent.parent) as tmp:
+    # Beside the staging repository (<scratch>/repository/<model>/1/model.onnx): the conversion's own disk.
+    with tempfile.TemporaryDirectory(dir=path.parents[3]) as tmp:
         work = Path(tmp)
         prepared, candidate = work / "float.onnx", work / "int8.onnx"
         quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
@@ -211,8 +212,6 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
                                 candidate.stat().st_size / fp32_bytes, attempts)
             if passed:
                 break
-            shutil.copyfile(candidate, work / f"attempt{attempt}.onnx")
         assert result is not None
-        result.attempts = attempts
         shutil.copyfile(candidate, path)
         return result
