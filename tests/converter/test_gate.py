@@ -145,3 +145,15 @@ def test_the_users_samples_split_into_calibration_and_validation(tmp_path: Any) 
     with pytest.raises(ValidationInconclusive, match="has 1 sample: int8 needs some to calibrate"):
         make_samples(IMAGE, Conversion.model_validate({"precision": "int8",
                                                        "samples": {"uri": str(tmp_path / "one.npz")}}), True, 8)
+
+
+def test_outputs_are_matched_by_name_not_position() -> None:
+    two = [Tensor("scores", DataType.FP32, (10,)), Tensor("embedding", DataType.FP32, (10,))]
+
+    def both(x: NDArray[Any]) -> list[NDArray[Any]]:
+        return [logits(x), 2 * logits(x) + 1]
+
+    source = Runnable(IMAGE, two, lambda feed: both(feed["image"]), kind="onnx")
+    swapped = Runnable(IMAGE, two[::-1], lambda feed: both(feed["image"])[::-1], kind="onnx")
+    report = gate(source, swapped)
+    assert report.passed and [o.name for o in report.outputs] == ["scores", "embedding"]

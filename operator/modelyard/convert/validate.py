@@ -237,6 +237,9 @@ def compare(want: list[list[NDArray[Any]]], candidate: Runnable, samples: Sample
     atol_abs, atol_spread, rtol = conversion.tolerances()
     min_top1, rms_tol = conversion.min_top1(), conversion.rms()
     got = run_all(candidate, samples.validation, "converted")
+    own = [t.name for t in candidate.outputs]
+    if own != names and sorted(own) == sorted(names):  # the same outputs in another order (tf2onnx, exporters)
+        got = [[result[own.index(name)] for name in names] for result in got]
     problems: list[str] = []
     inconclusive: list[str] = []
     reports: list[OutputReport] = []
