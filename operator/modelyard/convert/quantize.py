@@ -130,7 +130,8 @@ def sensitivity(prepared: Path, mode: Int8Mode, method: Calibration, calibration
     from modelyard.convert.models import onnx_runnable
 
     feeds = calibration[:4]
-    reference = [onnx_runnable(prepared, True).run(f) for f in feeds]
+    float_model = onnx_runnable(prepared, True)  # one session for every feed
+    reference = [float_model.run(f) for f in feeds]
     spreads = [float(np.concatenate([r[i].ravel() for r in reference]).astype(np.float64).std()) or 1.0
                for i in range(len(reference[0]))] if reference else []
     by_weight = weight_sensitivity(prepared)
