@@ -15,7 +15,7 @@ import pytest
 
 from helpers import model_deployment, wait_for
 from localcluster import LocalCluster, free_port
-from modelyard.api.names import LABEL_REVISION
+from modelyard.api.names import LABEL_DEPLOYMENT, LABEL_REVISION
 from modelyard.kube.client import DEPLOYMENTS, JOBS, MODEL_DEPLOYMENTS, SERVICES, Kube, load_api_client
 
 from .conftest import OperatorProcess, _start
@@ -106,15 +106,28 @@ def test_the_operator_killed_at_random_points_of_rollouts_converges_without_orph
     violations: list[str] = []
     stop = threading.Event()
 
+    managed = {"app.kubernetes.io/managed-by": "modelyard"}
+
+    def selections() -> dict[str, tuple[str, str]]:
+        """Each model's Service: (the revision it selects, its resourceVersion)."""
+        return {svc["metadata"]["name"]: (svc["spec"]["selector"].get(LABEL_REVISION),
+                                          svc["metadata"]["resourceVersion"])
+                for svc in admin.list_by_labels(SERVICES, NAMESPACE, managed)}
+
     def sample() -> None:
+        # Two lists are never one snapshot: a Service read after the Deployments may already follow a switch the
+        # Deployment list predates. So a Service counts only when it read the same (revision, resourceVersion)
+        # before and after the Deployments: it selected that revision all the while the Deployments were read.
         while not stop.is_set():
-            available = {d["metadata"]["labels"].get(LABEL_REVISION) for d in admin.list_by_labels(
-                DEPLOYMENTS, NAMESPACE, {"app.kubernetes.io/managed-by": "modelyard"})
-                if int(d.get("status", {}).get("availableReplicas", 0)) > 0}
-            for svc in admin.list_by_labels(SERVICES, NAMESPACE, {"app.kubernetes.io/managed-by": "modelyard"}):
-                selected = svc["spec"]["selector"].get(LABEL_REVISION)
-                if selected not in available:
-                    violations.append(f"{svc['metadata']['name']} selects {selected}, not available")
+            before = selections()
+            available = {(d["metadata"]["labels"].get(LABEL_DEPLOYMENT), d["metadata"]["labels"].get(LABEL_REVISION))
+                         for d in admin.list_by_labels(DEPLOYMENTS, NAMESPACE, managed)
+                         if int(d.get("status", {}).get("availableReplicas", 0)) > 0}
+            after = selections()
+            for name, (selected, version) in before.items():
+                if after.get(name) == (selected, version) and (name, selected) not in available:
+                    violations.append(f"{name} selects {selected} (Service version {version}), which has no "
+                                      "available Deployment of that model")
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
