@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import http.server
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,24 @@ from typing import Any, TypeVar
 from localcluster import WRITE_VERBS, LocalCluster
 
 T = TypeVar("T")
+
+ARGOCD_HEALTH_LUA = Path(__file__).resolve().parents[1] / "charts" / "modelyard" / "files" / "argocd-health.lua"
+
+Verdict = tuple[tuple[str, str], tuple[str, str]]
+
+
+def gitops_verdicts(check: Path, body: dict[str, Any]) -> Verdict:
+    """(kstatus status, message), (Argo CD health status, message) of one object as the API server returns it,
+    computed by hack/gitops's gitops-check: Flux's kstatus library, and the chart's health.lua run as Argo CD runs
+    it."""
+    out = []
+    for args in (["kstatus"], ["argocd-health", str(ARGOCD_HEALTH_LUA)]):
+        proc = subprocess.run([str(check), *args], input=json.dumps(body), capture_output=True, text=True,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr
+        line = json.loads(proc.stdout)
+        out.append((line["status"], line["message"]))
+    return out[0], out[1]
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90, interval: float = 0.5) -> T:

@@ -16,8 +16,8 @@ import pytest
 
 from canary.load import Answer, Load
 from canary.scenario import INTERVAL, NAME, STEPS, manifest, provision_models
-from helpers import wait_for
-from localcluster import LocalCluster
+from helpers import gitops_verdicts, wait_for
+from localcluster import LocalCluster, find_gitops_check
 from modelyard.kube.client import DEPLOYMENTS, HTTP_ROUTES, MODEL_DEPLOYMENTS, SERVICES, Kube
 from modelyard.measure.promql import Backend, traefik_service
 
@@ -216,6 +216,10 @@ def test_failing_slow_and_crashing_canaries_are_rolled_back_and_too_little_traff
     failing = assert_rolled_back_cleanly(cluster, admin, namespace, stable, "failing", load.since(started),
                                          "success-rate")
     assert "weight 20%" in failing["message"] and "failureLimit 1" in failing["message"], failing
+    # Flux and Argo CD see the spec as written not served, and no retry serving it: Failed and Degraded, with why.
+    (k, k_msg), (argo, argo_msg) = gitops_verdicts(find_gitops_check(), body(admin, namespace))
+    assert (k, argo) == ("Failed", "Degraded"), (k_msg, argo_msg)
+    assert argo_msg.startswith("CanaryRolledBack: ") and "success-rate" in argo_msg and "success-rate" in k_msg
     assert body(admin, namespace)["status"]["rollout"]["canary"] == failing["canary"]
     time.sleep(INTERVAL)  # remembered: not retried while the spec stays
     assert body(admin, namespace)["status"]["rollout"]["phase"] == "RolledBack"

@@ -5,14 +5,14 @@ hack/gitops (built from the Go module proxy). Pods are kwok's; the states are th
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from helpers import model_deployment, wait_for
+from helpers import Verdict, model_deployment, wait_for
+from helpers import gitops_verdicts as verdicts
 from localcluster import LocalCluster, find_gitops_check
 from modelyard.api.v1alpha1 import ModelDeployment
 from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube
@@ -20,27 +20,10 @@ from modelyard.reconcile.model_deployment import reconcile_model_deployment
 
 pytestmark = pytest.mark.integration
 
-HEALTH_LUA = Path(__file__).resolve().parents[2] / "charts" / "modelyard" / "files" / "argocd-health.lua"
-
 
 @pytest.fixture(scope="module")
 def gitops_check() -> Path:
     return find_gitops_check()
-
-
-Verdict = tuple[tuple[str, str], tuple[str, str]]
-
-
-def verdicts(check: Path, body: dict[str, Any]) -> Verdict:
-    """(kstatus status, message), (Argo CD health status, message) of one object as the API server returns it."""
-    out = []
-    for args in (["kstatus"], ["argocd-health", str(HEALTH_LUA)]):
-        proc = subprocess.run([str(check), *args], input=json.dumps(body), capture_output=True, text=True,
-                              check=False)
-        assert proc.returncode == 0, proc.stderr
-        line = json.loads(proc.stdout)
-        out.append((line["status"], line["message"]))
-    return out[0], out[1]
 
 
 def apply(cluster: LocalCluster, manifest: dict[str, Any]) -> None:
@@ -91,6 +74,20 @@ def test_flux_and_argo_cd_follow_a_model_from_applied_to_ready_and_see_a_refusal
         lambda v: "Unschedulable" in v[1][1], "the unschedulable revision to be reported")
     assert (k, argo) == ("InProgress", "Progressing"), (k_msg, argo_msg)
     assert "Insufficient nvidia.com/gpu" in argo_msg and "keeps serving" in argo_msg, argo_msg
+
+    # The wait ends at the Deployment's progress deadline: the deployment controller marks it
+    # ProgressDeadlineExceeded and no retry heals that, so Failed and Degraded, while the old revision keeps
+    # serving. The operator renders 900 s; the test shortens it on the live Deployment (a field the operator does
+    # not apply again while its rendering is unchanged) so that the real controller passes it within the test.
+    latest = (admin.get(MODEL_DEPLOYMENTS, namespace, "resnet") or {})["status"]["revisions"]["latest"]["name"]
+    cluster.kubectl("patch", "deployment", f"resnet-{latest}", "-n", namespace, "--type=merge",
+                    "-p", json.dumps({"spec": {"progressDeadlineSeconds": 1}}))
+    (k, k_msg), (argo, argo_msg) = settle(
+        admin, operator_kube, namespace, "resnet", gitops_check,
+        lambda v: v[0][0] != "InProgress", "the passed progress deadline to be reported")
+    assert (k, argo) == ("Failed", "Degraded"), (k_msg, argo_msg)
+    assert argo_msg.startswith("ProgressDeadlineExceeded: ") and "keeps serving" in argo_msg, argo_msg
+    assert "has timed out progressing" in k_msg and "Insufficient nvidia.com/gpu" in k_msg, k_msg
 
     # Refused: a Service of the model's name that is not the operator's. No retry heals it: Failed and Degraded,
     # with the reason and what to do.
