@@ -51,13 +51,19 @@ class Int8Result:
     size_ratio: float
     """Artifact bytes over the fp32 model's bytes."""
     attempts: list[Attempt] = field(default_factory=list)
+    sensitivity: list[tuple[str, float | None]] = field(default_factory=list)
+    """The fallback's ranking, most sensitive first: each node with the output error (rms over the spread, summed
+    over the outputs and calibration feeds) of the model quantized with that node alone kept in fp32; None for the
+    nodes past MAX_MEASURED, ranked by their weights alone. Empty when the fallback did not run."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "calibration": self.calibration, "quantizedNodes": self.quantized,
                 "keptFloat": self.kept_float, "weightShareInt8": round(self.weight_share, 4),
                 "sizeRatio": round(self.size_ratio, 4),
                 "attempts": [{"keptFloat": len(a.kept_float), "passed": a.passed, "bytes": a.bytes,
-                              "top1": a.top1, "summary": a.summary} for a in self.attempts]}
+                              "top1": a.top1, "summary": a.summary} for a in self.attempts],
+                "sensitivity": [{"node": n, "errorKeptAlone": None if e is None else round(e, 6)}
+                                for n, e in self.sensitivity]}
 
 
 class _Reader:
@@ -122,11 +128,12 @@ MAX_MEASURED = 48
 """At most this many nodes are measured one by one (the rest ranked by their weights' int8 error alone)."""
 
 
-def sensitivity(prepared: Path, mode: Int8Mode, method: Calibration, calibration: list[Feed], work: Path) -> list[str]:
+def sensitivity(prepared: Path, mode: Int8Mode, method: Calibration, calibration: list[Feed],
+                work: Path) -> list[tuple[str, float | None]]:
     """Weight-bearing nodes ranked by how much better the model does with that node alone kept in fp32: the
     output error against the float model, on the calibration samples (never the validation ones). Measured, not
     estimated: the first convolution that sees the raw input, the classic sensitive layer, ranks by what its
-    quantization really costs."""
+    quantization really costs. Each comes with its measured error (None past MAX_MEASURED)."""
     from modelyard.convert.models import onnx_runnable
 
     feeds = calibration[:4]
@@ -147,7 +154,7 @@ def sensitivity(prepared: Path, mode: Int8Mode, method: Calibration, calibration
             err += sum(float(np.sqrt(((g.astype(np.float64) - w) ** 2).mean())) / s
                        for g, w, s in zip(got, want, spreads, strict=True))
         scores.append((err, node))
-    return [name for _, name in sorted(scores)] + rest
+    return [(name, err) for err, name in sorted(scores)] + [(name, None) for name in rest]
 
 
 def weight_sensitivity(float_model: Path) -> list[str]:
@@ -185,7 +192,7 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
         fp32_bytes = path.stat().st_size
         before = weighted_nodes(prepared)
         total = sum(before.values()) or 1
-        ranking: list[str] | None = None
+        ranking: list[tuple[str, float | None]] | None = None
         attempts: list[Attempt] = []
         kept: list[str] = []
         result: Int8Result | None = None
@@ -193,7 +200,7 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
             if attempt:
                 if ranking is None:
                     ranking = sensitivity(prepared, mode, method, calibration, work)
-                wanted = ranking[:2 ** (attempt - 1)]
+                wanted = [name for name, _ in ranking[:2 ** (attempt - 1)]]
                 if not wanted or wanted == kept:
                     break  # nothing more to keep in fp32
                 kept = wanted
@@ -210,7 +217,7 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
             attempts.append(Attempt(list(kept), passed, candidate.stat().st_size, summary, top1))
             result = Int8Result(str(mode), str(method) if mode == Int8Mode.STATIC else None,
                                 sorted(n for n in before if n not in left), sorted(set(left) | set(kept)), share,
-                                candidate.stat().st_size / fp32_bytes, attempts)
+                                candidate.stat().st_size / fp32_bytes, attempts, ranking or [])
             if passed:
                 break
         assert result is not None
