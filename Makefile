@@ -12,15 +12,25 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*##/ {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(BIN)/.installed: pyproject.toml
+EXTRAS := test,converter,converter-tensorflow
+
+$(BIN)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) (>= 3.11) is required" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,converter,converter-tensorflow]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
 	@touch $@
 
 .PHONY: venv
-venv: $(BIN)/.installed ## Create .venv with the operator and its test tools
+venv: $(BIN)/.installed ## Create .venv with the operator and its test tools, at the versions in constraints.txt
+
+.PHONY: lock
+lock: ## Resolve the newest versions pyproject.toml allows into constraints.txt (then run the tests, commit both)
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet '.[$(EXTRAS)]'
+	{ sed -n '1,3p' constraints.txt; .venv-lock/bin/pip freeze --exclude modelyard; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .venv-lock
 
 .PHONY: control-plane
 control-plane: ## Build (once, cached in ~/.cache/modelyard) kube-apiserver, etcd, controller-manager, scheduler, kubectl, kwok
