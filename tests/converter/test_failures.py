@@ -66,6 +66,13 @@ def _lambda_keras(d: Path) -> Path:
     return d / "l.keras"
 
 
+def _custom_keras(d: Path) -> Path:
+    from keras_layers import custom_model
+
+    custom_model(str(d / "custom.keras"))
+    return d / "custom.keras"
+
+
 def _keras(d: Path) -> Path:
     keras_cnn(d / "cnn.keras")
     return d / "cnn.keras"
@@ -89,6 +96,11 @@ CASES: list[tuple[str, Callable[[Path], Path], str, Any, Callable[[Path], dict[s
     ("junk as onnx", _junk("m.onnx"), "onnx", None, lambda d: {}, "SourceUnreadable", "is not an ONNX model"),
     ("junk as keras", _junk("m.keras"), "keras", None, lambda d: {}, "SourceUnreadable", "not a Keras model"),
     ("keras lambda", _lambda_keras, "keras", None, lambda d: {}, "SourceRefused", "holds Python code"),
+    ("keras custom layers not named", _custom_keras, "keras", None, lambda d: {}, "SourceRefused",
+     "uses classes from outside Keras"),
+    ("keras custom layers not importable", _custom_keras, "keras", None,
+     lambda d: {"kerasCustomObjects": ["nowhere:ScaledDense", "nowhere:Swish"]}, "SourceRefused",
+     "cannot be imported"),
     ("junk savedmodel", lambda d: (_junk("saved_model.pb")(d), d)[1], "tensorflow-savedmodel", None, lambda d: {},
      "SourceUnreadable", "is not a SavedModel TensorFlow"),
     ("keras as savedmodel", _keras, "tensorflow-savedmodel", None, lambda d: {}, "SourceUnreadable",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from modelyard.convert.pipeline import Request, convert
 
 pytestmark = [pytest.mark.converter, pytest.mark.filterwarnings("ignore")]
 warnings.filterwarnings("ignore")
+os.environ.setdefault("KERAS_BACKEND", "torch")  # as the converter runs Keras, whichever test imports it first
 CPU = Serving.model_validate({"gpus": 0, "maxBatchSize": 8})
 SIGNATURE = {"inputs": [{"name": "image", "dataType": "FP32", "shape": [64, 64, 3]}],
              "outputs": [{"name": "probability", "dataType": "FP32", "shape": [1]}]}
@@ -78,6 +80,8 @@ def test_a_lambda_layer_is_refused_not_run(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("uri", "conversion", "fmt", "error", "words"), [
     ("/nowhere/cnn.keras", {"target": "torchscript"}, "keras", ConversionUnsupported, "a Keras model converts to ONNX"),
     ("/nowhere/cnn.keras", {"pruning": {"sparsity": 0.3}}, "keras", ConversionUnsupported, "without pruning"),
+    ("/nowhere/cnn.pt", {"kerasCustomObjects": ["keras_layers:Swish"]}, "torchscript", ConversionUnsupported,
+     "kerasCustomObjects is for format keras"),
 ])
 def test_impossible_keras_requests_are_refused_before_any_work(tmp_path: Path, uri: str, conversion: dict[str, Any],
                                                                fmt: str, error: type[Exception], words: str) -> None:
@@ -95,3 +99,36 @@ def test_a_file_keras_cannot_read_is_unreadable(tmp_path: Path, name: str) -> No
     (tmp_path / name).write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(SourceUnreadable, match=f"{name} is not a Keras"):
         convert(request(str(tmp_path / name)), tmp_path / "store")
+
+
+CUSTOM = ["keras_layers:ScaledDense", "keras_layers:Swish"]
+
+
+@pytest.mark.parametrize("name", ["custom.keras", "custom.h5"])
+def test_custom_layers_load_from_the_converter_image_code_that_the_spec_names(tmp_path: Path, name: str) -> None:
+    from keras_layers import custom_model
+
+    custom_model(str(tmp_path / name))
+    # Not named: refused before Keras reads the model (an .h5 file names a plain class without its module),
+    # although this process could import both classes and Keras would find the registered one by its registered
+    # name: only the spec decides what code runs.
+    with pytest.raises(SourceRefused, match=r"uses classes from outside Keras: (keras_layers\.)?ScaledDense, "
+                       r"keras_layers\.Swish\..*conversion\.kerasCustomObjects"):
+        convert(request(str(tmp_path / name)), tmp_path / "store")
+    with pytest.raises(SourceRefused, match=r"uses classes from outside Keras: keras_layers\.Swish\."):
+        convert(request(str(tmp_path / name), {"kerasCustomObjects": CUSTOM[:1]}), tmp_path / "store")
+    # Named: converted on Keras's torch backend and validated against the same layers run by Keras.
+    manifest = convert(request(str(tmp_path / name), {"kerasCustomObjects": CUSTOM}), tmp_path / "store")
+    v = manifest["validation"]
+    assert v["passed"] and v["outputs"][0]["max_abs_error"] <= 1e-4 * v["outputs"][0]["spread"], v
+
+
+def test_custom_objects_that_do_not_import_are_refused_with_where_the_code_must_be(tmp_path: Path) -> None:
+    from keras_layers import custom_model
+
+    custom_model(str(tmp_path / "custom.keras"))
+    with pytest.raises(SourceRefused, match=r"kerasCustomObjects mylayers:ScaledDense cannot be imported.*converter "
+                       "image"):
+        convert(request(str(tmp_path / "custom.keras"), {"kerasCustomObjects": ["mylayers:ScaledDense",
+                                                                                  "keras_layers:Swish"]}),
+                tmp_path / "store")

@@ -116,7 +116,7 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
     if fmt == ModelFormat.TENSORFLOW_SAVEDMODEL:
         return tensorflow_runnable(path, signature)
     if fmt == ModelFormat.KERAS:
-        return keras_runnable(path, signature)
+        return keras_runnable(path, signature, conversion.keras_custom_objects or [])
     import torch
 
     inputs, outputs = _signature_tensors(signature, f"a {fmt} source")
@@ -177,6 +177,11 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
 
 
+def _first_paragraph(exc: Exception) -> str:
+    """An error's first paragraph: Keras appends the whole model config to its deserialization errors."""
+    return str(exc).split("\n\n")[0][:700]
+
+
 def _keras() -> Any:
     """Keras 3 on its torch backend: the converter's torch does the work, TensorFlow is not needed."""
     import os
@@ -190,25 +195,104 @@ def _keras() -> Any:
     return keras
 
 
-def keras_runnable(path: Path, signature: ModelSignature | None) -> Runnable:
-    """A .keras (Keras 3) or .h5 (Keras 2) file, loaded in safe mode: a Lambda layer's Python code, or a class
-    from outside Keras, is refused, never run."""
+def keras_config(path: Path) -> dict[str, Any] | None:
+    """The model's config as saved (JSON, read without Keras and without running anything): config.json in a
+    .keras archive, the model_config attribute of an .h5 file. None when it cannot be read (Keras's loader then
+    says why)."""
+    import json
+
+    try:
+        if path.suffix == ".keras":
+            import zipfile
+
+            with zipfile.ZipFile(path) as archive:
+                return dict(json.loads(archive.read("config.json")))
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+            return dict(json.loads(raw.decode() if isinstance(raw, bytes) else raw)) if raw is not None else None
+    except Exception:  # a truncated or foreign file: the loader's error is the one to show
+        return None
+
+
+def keras_foreign_classes(config: Any, keras_has: Callable[[str], bool]) -> set[tuple[str, str]]:
+    """(module, class name) of every object in a saved Keras config whose class is not Keras's own. A .keras
+    config names each class's module; an .h5 one often names the class alone (module "" here), or its registered
+    name (package>Class), and `keras_has` says whether Keras has a class of that name. A Lambda's function is
+    not a class: safe mode refuses it."""
+    found: set[tuple[str, str]] = set()
+    if isinstance(config, dict):
+        module, name = config.get("module"), config.get("class_name")
+        if isinstance(name, str) and isinstance(module, str):
+            if module.split(".")[0] not in ("keras", "builtins"):
+                found.add((module, name))
+        elif isinstance(name, str) and "config" in config and "module" not in config and name != "__lambda__":
+            package, _, short = name.rpartition(">")
+            if package or not keras_has(name):
+                found.add((package, short))
+        for value in config.values():
+            found |= keras_foreign_classes(value, keras_has)
+    elif isinstance(config, list):
+        for value in config:
+            found |= keras_foreign_classes(value, keras_has)
+    return found
+
+
+def _keras_custom_objects(keras: Any, path: Path, names: list[str]) -> dict[str, Any]:
+    """conversion.kerasCustomObjects imported, by class name and by registered name; refused before any import when
+    the saved model uses a class that they do not name."""
+    import importlib
+
+    given = {name.split(":")[1] for name in names}
+    config = keras_config(path)
+    def keras_has(name: str) -> bool:
+        return any(hasattr(m, name) for m in (keras.layers, keras.models, keras.initializers, keras.regularizers,
+                                              keras.constraints, keras.activations, keras))
+
+    foreign = keras_foreign_classes(config, keras_has) if config else set()
+    missing = sorted(f"{m}.{c}" if m else c for m, c in foreign if c not in given)
+    if missing:
+        raise SourceRefused(
+            f"{path.name} uses classes from outside Keras: {', '.join(missing[:8])}. The model file never brings "
+            "code: name each in conversion.kerasCustomObjects (module:Class) and build a converter image with "
+            "their code (docs/conversion.md)")
+    objects: dict[str, Any] = {}
+    for name in names:
+        module_name, attr = name.split(":")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise SourceRefused(f"conversion.kerasCustomObjects {name} cannot be imported: {exc}; its code must "
+                                "be in the converter image (docs/conversion.md)") from exc
+        objects[attr] = obj
+        registered = keras.saving.get_registered_name(obj)
+        if registered:
+            objects[registered] = obj
+    return objects
+
+
+def keras_runnable(path: Path, signature: ModelSignature | None, custom_objects: list[str]) -> Runnable:
+    """A .keras (Keras 3) or .h5 (Keras 2) file, loaded in safe mode: a Lambda layer's Python code is refused,
+    never run, and a class from outside Keras is loaded only from code in the converter image that
+    `custom_objects` (conversion.kerasCustomObjects) names."""
     if path.suffix not in KERAS_SUFFIXES:
         raise SourceUnreadable(f"{path.name} is not a Keras file: format keras takes a .keras (Keras 3) or .h5 "
                                "(Keras 2) file; a SavedModel directory is format tensorflow-savedmodel")
     keras = _keras()
+    objects = _keras_custom_objects(keras, path, custom_objects)
     try:
-        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+        model = keras.saving.load_model(str(path), compile=False, safe_mode=True, custom_objects=objects or None)
     except ValueError as exc:
         if "arbitrary code" in str(exc) or "safe_mode" in str(exc):
-            raise SourceRefused(f"{path.name} holds Python code (a Lambda layer or an unregistered class), which "
-                                "is not loaded: replace the Lambda with Keras layers, or register the class and "
-                                "build a converter image with its code (docs/conversion.md)") from exc
-        raise SourceUnreadable(f"{path.name} is not a Keras model Keras {keras.__version__} can load: {exc}"[:800]) \
-            from exc
-    except Exception as exc:  # h5py, zipfile and json errors for truncated or foreign files
+            raise SourceRefused(f"{path.name} holds Python code (a Lambda layer), which is not loaded: replace the "
+                                "Lambda with Keras layers, or with a layer class of yours named in "
+                                "conversion.kerasCustomObjects (docs/conversion.md)") from exc
         raise SourceUnreadable(f"{path.name} is not a Keras model Keras {keras.__version__} can load: "
-                               f"{type(exc).__name__}: {exc}"[:800]) from exc
+                               f"{_first_paragraph(exc)}") from exc
+    except Exception as exc:  # h5py, zipfile and json errors for truncated or foreign files; from_config failures
+        raise SourceUnreadable(f"{path.name} is not a Keras model Keras {keras.__version__} can load: "
+                               f"{type(exc).__name__}: {_first_paragraph(exc)}") from exc
 
     def tensors(items: list[Any], declared: list[Any] | None, prefix: str) -> list[Tensor]:
         out = []

@@ -116,6 +116,10 @@ def refuse_impossible(request: Request) -> None:
             f"a Keras model converts to ONNX{'' if conv.pruning is None else ', without pruning'}: target "
             f"{conv.target}{' and pruning' if conv.pruning else ''} cannot be honoured; use target onnx (fp32, fp16 "
             "or int8)")
+    if conv.keras_custom_objects and fmt != ModelFormat.KERAS:
+        raise ConversionUnsupported(f"conversion.kerasCustomObjects is for format keras, and this source is {fmt}"
+                                    + ("; a PyTorch state_dict's class is conversion.modelClass"
+                                       if fmt == ModelFormat.PYTORCH else ""))
     if fmt == ModelFormat.ONNX and conv.target == Target.TORCHSCRIPT:
         raise ConversionUnsupported("an ONNX source cannot be converted to TorchScript (there is no ONNX -> "
                                     "TorchScript converter that keeps the model's behaviour); use target onnx")

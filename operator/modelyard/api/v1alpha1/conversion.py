@@ -13,6 +13,9 @@ from pydantic import Field
 
 from modelyard.api.v1alpha1.common import ResourceRequirements, SecretReference, Spec, Toleration, cel
 
+IMPORTABLE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+"""module:Name, as Python imports it (modelClass, kerasCustomObjects)."""
+
 
 class Target(StrEnum):
     ONNX = "onnx"
@@ -206,7 +209,7 @@ class Conversion(Spec):
     pruning: Pruning | None = Field(default=None, description="Magnitude pruning before export (torch sources).")
     model_class: str | None = Field(
         default=None,
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        pattern=IMPORTABLE,
         description="For format pytorch: the importable class (module:Class) whose state_dict the source file holds; "
         "it is loaded with torch.load(weights_only=True), never unpickled as code. A factory function (module:build) "
         "that returns the module works the same. Its code must be in the converter image (docs/conversion.md).",
@@ -216,6 +219,15 @@ class Conversion(Spec):
         description="Keyword arguments for modelClass, as JSON (numbers, strings, lists, objects): a config, say. "
         "A factory function can turn them into the config object its class takes.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    keras_custom_objects: list[Annotated[str, Field(pattern=IMPORTABLE, max_length=253)]] | None = Field(
+        default=None,
+        max_length=64,
+        description="For format keras: the classes from outside Keras that the model uses (custom layers, "
+        "activations, initializers), each an importable module:Class. They are imported and handed to Keras's loader "
+        "(custom_objects); a class registered with @keras.saving.register_keras_serializable is found by its "
+        "registered name too. Safe mode stays on: a Lambda layer's code is never run. Their code must be in the "
+        "converter image (docs/conversion.md).",
     )
 
     def min_top1(self) -> float:
