@@ -146,13 +146,7 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
             "torch.jit (format torchscript), or name its class in conversion.modelClass (module:Class) and "
             "supply a state_dict, which is loaded with torch.load(weights_only=True)"
         )
-    import importlib
-
-    module_name, class_name = conversion.model_class.split(":")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
-        raise SourceRefused(f"conversion.modelClass {conversion.model_class} cannot be imported: {exc}") from exc
+    cls = import_named("conversion.modelClass", conversion.model_class)
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError and others for anything but plain tensors
@@ -172,6 +166,18 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
         raise SourceUnreadable(f"{path.name} does not fit conversion.modelClass {conversion.model_class}: "
                                f"{type(exc).__name__}: {str(exc)[:600]}") from exc
     return _torch_runnable(module.eval(), inputs, outputs)
+
+
+def import_named(field: str, name: str) -> Any:
+    """The object a spec field names as module:Name, imported from the converter image's code."""
+    import importlib
+
+    module_name, attr = name.split(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise SourceRefused(f"{field} {name} cannot be imported: {exc}; its code must be in the converter image "
+                            "(docs/conversion.md)") from exc
 
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -239,18 +245,18 @@ def keras_foreign_classes(config: Any, keras_has: Callable[[str], bool]) -> set[
     return found
 
 
+def _keras_has(keras: Any, name: str) -> bool:
+    """Whether Keras itself has a class (layer, model, initializer, ...) of this name."""
+    return any(hasattr(m, name) for m in (keras.layers, keras.models, keras.initializers, keras.regularizers,
+                                          keras.constraints, keras.activations, keras))
+
+
 def _keras_custom_objects(keras: Any, path: Path, names: list[str]) -> dict[str, Any]:
     """conversion.kerasCustomObjects imported, by class name and by registered name; refused before any import when
     the saved model uses a class that they do not name."""
-    import importlib
-
     given = {name.split(":")[1] for name in names}
     config = keras_config(path)
-    def keras_has(name: str) -> bool:
-        return any(hasattr(m, name) for m in (keras.layers, keras.models, keras.initializers, keras.regularizers,
-                                              keras.constraints, keras.activations, keras))
-
-    foreign = keras_foreign_classes(config, keras_has) if config else set()
+    foreign = keras_foreign_classes(config, lambda n: _keras_has(keras, n)) if config else set()
     missing = sorted(f"{m}.{c}" if m else c for m, c in foreign if c not in given)
     if missing:
         raise SourceRefused(
@@ -259,13 +265,8 @@ def _keras_custom_objects(keras: Any, path: Path, names: list[str]) -> dict[str,
             "their code (docs/conversion.md)")
     objects: dict[str, Any] = {}
     for name in names:
-        module_name, attr = name.split(":")
-        try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise SourceRefused(f"conversion.kerasCustomObjects {name} cannot be imported: {exc}; its code must "
-                                "be in the converter image (docs/conversion.md)") from exc
-        objects[attr] = obj
+        obj = import_named("conversion.kerasCustomObjects", name)
+        objects[name.split(":")[1]] = obj
         registered = keras.saving.get_registered_name(obj)
         if registered:
             objects[registered] = obj
