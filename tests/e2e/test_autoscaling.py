@@ -21,7 +21,7 @@ from canary.load import Load
 from helpers import wait_for
 from localcluster import LocalCluster
 from modelyard.api.v1alpha1.scaling import ScalingMetric
-from modelyard.kube.client import DEPLOYMENTS, SCALED_OBJECTS, Kube
+from modelyard.kube.client import DEPLOYMENTS, PODS, SCALED_OBJECTS, Kube
 from modelyard.render.scaling import scaling_query
 
 from .conftest import OperatorProcess
@@ -50,8 +50,24 @@ def ready_reason(admin: Kube, namespace: str) -> tuple[str, str]:
     return cond.get("status", ""), cond.get("reason", "")
 
 
+def pod_states(admin: Kube, namespace: str) -> str:
+    """Each pod of the namespace: phase, node, Ready, and its containers' states (why a pod is not Ready)."""
+    lines = []
+    for pod in admin.list_by_labels(PODS, namespace, {}):
+        st = pod.get("status", {})
+        ready = next((c for c in st.get("conditions", []) if c["type"] == "Ready"), {})
+        sched = next((c for c in st.get("conditions", []) if c["type"] == "PodScheduled"), {})
+        containers = [(c["name"], c.get("ready"), c.get("restartCount"), c.get("state")) for c in
+                      st.get("containerStatuses", [])]
+        lines.append(f"{pod['metadata']['name']} {st.get('phase')} node={pod['spec'].get('nodeName')} "
+                     f"ready={ready.get('status')} scheduled={sched.get('status')} {sched.get('message', '')} "
+                     f"deleting={bool(pod['metadata'].get('deletionTimestamp'))} {containers}")
+    return "\n".join(lines)
+
+
 def diagnose(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorProcess) -> str:
-    return (f"status: {json.dumps(status(admin, namespace), indent=1)}\noperator:\n{op.log_tail(2500)}\n"
+    return (f"status: {json.dumps(status(admin, namespace), indent=1)}\npods:\n{pod_states(admin, namespace)}\n"
+            f"operator:\n{op.log_tail(2500)}\n"
             f"keda:\n{cluster.log_tail('keda-operator', 2500)}\n{cluster.container_logs(namespace, 1500)}")
 
 
