@@ -13,9 +13,9 @@ from modelyard.handlers.workqueue import HIGH, LOW, Key, WorkQueue
 class Recorder:
     """A process function that records keys and, for keys in `hold`, blocks until released."""
 
-    def __init__(self, hold: set[str] | None = None) -> None:
+    def __init__(self, hold: set[str] | None = None, patience: float = 10) -> None:
         self.seen: list[str] = []
-        self.hold = hold or set()
+        self.hold, self.patience = hold or set(), patience
         self.release = threading.Event()
         self.started = threading.Event()
         self.lock = threading.Lock()
@@ -28,7 +28,7 @@ class Recorder:
             self.most = max(self.most, self.running)
         self.started.set()
         if key[1] in self.hold:
-            assert self.release.wait(10)
+            assert self.release.wait(self.patience)
         with self.lock:
             self.running -= 1
 
@@ -113,3 +113,25 @@ def test_a_closed_queue_starts_nothing_more() -> None:
     assert q.wait_idle(10)
     time.sleep(0.05)
     assert r.seen == ["a"]
+
+
+
+def test_an_add_wakes_an_idle_worker_even_when_the_requeue_clock_waits_ahead_of_it() -> None:
+    """The requeue clock waits for the next timed add; a worker waits for keys. A wake-up for a worker that reached
+    the clock instead left the key queued and no worker told, and every later add of that key (watch events, the
+    resync) found it queued and told nobody either: the model was not reconciled again until another model's add
+    woke a worker (CI saw a lone model wait 200 s and more). Each new earliest timer wakes the clock, which then
+    waits again, in some order with the idle worker; the add after it must reach the worker every time."""
+    r = Recorder(hold={"busy"}, patience=60)  # held past `until`'s 10 s: its end must not wake the other worker
+    q = WorkQueue(r, workers=2).start()
+    q.add(k("busy"))  # one worker held: the other is the only one that can take the adds below
+    assert r.started.wait(10)
+    try:
+        for i in range(40):
+            q.add_after(k("timer"), 3600 - i)  # earlier each time: the clock is told, and waits again
+            time.sleep(0.005)  # the woken threads wait again (the order is the scheduler's)
+            q.add(k(f"m{i}"))
+            until(f"m{i} to run on the idle worker", lambda i=i: f"m{i}" in r.seen)  # type: ignore[misc]
+    finally:
+        r.release.set()
+        q.shutdown()

@@ -8,6 +8,10 @@
 - A fixed number of workers: bounded concurrency across models.
 - add_after: a timed add (a rollout's next analysis, a drain's end, a retry after a failure); one pending time a
   key, the earliest wins.
+
+One lock, and a condition for each kind of waiter: workers wait for keys, the requeue clock for its next timer,
+wait_idle for the running reconciles to end. A wake-up for a worker can then only reach a worker (with one shared
+condition, `notify()` could wake the clock instead, and the key waited, queued, with no worker told).
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ class WorkQueue:
     def __init__(self, process: Callable[[Key], None], workers: int = 4) -> None:
         self._process = process
         self._workers = workers
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._keys = threading.Condition(self._lock)
+        """Workers wait on it: a key was queued, or the queue closed."""
+        self._timer = threading.Condition(self._lock)
+        """The requeue clock waits on it: an earlier timer, or the queue closed."""
+        self._idle = threading.Condition(self._lock)
+        """wait_idle waits on it: a reconcile ended."""
         self._lanes: tuple[deque[Key], deque[Key]] = (deque(), deque())
         self._queued: dict[Key, int] = {}  # key -> the lane it waits in
         self._running: set[Key] = set()
@@ -43,7 +53,7 @@ class WorkQueue:
 
     # --- adding ---------------------------------------------------------------------------------------------------
     def add(self, key: Key, priority: int = HIGH) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             if key in self._running:
@@ -54,29 +64,29 @@ class WorkQueue:
                 return  # already waiting, as early or earlier
             self._queued[key] = priority  # a LOW entry left behind in its lane is skipped when popped
             self._lanes[priority].append(key)
-            self._cond.notify()
+            self._keys.notify()
 
     def add_after(self, key: Key, delay: float) -> None:
         due = time.monotonic() + max(delay, 0.0)
-        with self._cond:
+        with self._lock:
             if self._closed or (key in self._due and self._due[key] <= due):
                 return
             self._due[key] = due
             heapq.heappush(self._timers, (due, next(self._seq), key))
-            self._cond.notify_all()
+            self._timer.notify()
 
     # --- what is there --------------------------------------------------------------------------------------------
     def depth(self) -> int:
         """Keys waiting for a worker."""
-        with self._cond:
+        with self._lock:
             return len(self._queued)
 
     def pending_timers(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._due)
 
     def running(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._running)
 
     # --- running --------------------------------------------------------------------------------------------------
@@ -100,11 +110,11 @@ class WorkQueue:
                         del self._queued[key]
                         self._running.add(key)
                         return key
-            self._cond.wait()
+            self._keys.wait()
 
     def _work(self) -> None:
         while True:
-            with self._cond:
+            with self._lock:
                 key = self._next()
             if key is None:
                 return
@@ -113,17 +123,17 @@ class WorkQueue:
             except Exception:  # the process function reports its own failures; a worker must outlive any
                 log.exception("reconcile of %s/%s raised", *key)
             finally:
-                with self._cond:
+                with self._lock:
                     self._running.discard(key)
                     again = self._again.pop(key, None)
-                    self._cond.notify_all()
+                    self._idle.notify_all()
                 if again is not None:
                     self.add(key, again)
 
     def _clock(self) -> None:
         while True:
             ready: list[Key] = []
-            with self._cond:
+            with self._lock:
                 if self._closed:
                     return
                 now = time.monotonic()
@@ -134,17 +144,19 @@ class WorkQueue:
                         ready.append(key)
                 if not ready:
                     wait = self._timers[0][0] - now if self._timers else None
-                    self._cond.wait(timeout=wait)
+                    self._timer.wait(timeout=wait)
             for key in ready:
                 self.add(key, HIGH)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no reconcile runs (the queue may still hold keys); False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._running, timeout=timeout)
+        with self._lock:
+            return self._idle.wait_for(lambda: not self._running, timeout=timeout)
 
     def shutdown(self) -> None:
         """Give no more keys to workers; the running reconciles finish on their own."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            self._keys.notify_all()
+            self._timer.notify_all()
+            self._idle.notify_all()
