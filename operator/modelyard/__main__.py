@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import signal
 import sys
 
 import kopf
@@ -22,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.verbose or args.log_level == "debug"
     kopf.configure(verbose=debug, quiet=args.log_level == "warning" and not debug)
     modelyard.handlers.model_deployment.watch_namespaces(args.namespace)
+    # `kill -USR1 <pid>` writes every thread's stack to stderr (the log): where a reconcile or a watch waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     kopf.run(
         clusterwide=not args.namespace,
         namespaces=args.namespace,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +47,27 @@ class OperatorProcess:
                 if line.startswith(f"{name} "):
                     return float(line.split()[1])
         raise AssertionError(f"the operator exports no {name}")
+
+    def work_state(self) -> str:
+        """The work queue's gauges and every thread's stack (SIGUSR1: faulthandler writes them to the log): whether
+        a model waits queued with no worker told, or a reconcile hangs, and where."""
+        try:
+            gauges = {name: self.metric(name) for name in ("modelyard_queue_depth", "modelyard_reconciles_in_flight",
+                                                           "modelyard_requeues_pending")}
+        except (OSError, AssertionError) as exc:
+            gauges = {"unreadable": str(exc)}  # type: ignore[dict-item]
+        if self.proc.poll() is not None:
+            return f"{gauges} (the operator exited with {self.proc.returncode})"
+        before = self.log.stat().st_size
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and self.log.stat().st_size == before:
+            time.sleep(0.1)
+        time.sleep(0.3)  # the dump is written in one go, but not in one write
+        with open(self.log, "rb") as f:
+            f.seek(before)
+            stacks = f.read().decode(errors="replace")
+        return f"{gauges}\nthreads:\n{stacks[-6000:]}"
 
     def assert_running(self) -> None:
         assert self.proc.poll() is None, f"the operator exited with {self.proc.returncode}:\n{self.log_tail()}"

@@ -67,7 +67,7 @@ def pod_states(admin: Kube, namespace: str) -> str:
 
 def diagnose(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorProcess) -> str:
     return (f"status: {json.dumps(status(admin, namespace), indent=1)}\npods:\n{pod_states(admin, namespace)}\n"
-            f"operator:\n{op.log_tail(2500)}\n"
+            f"operator:\n{op.log_tail(2500)}\noperator's work: {op.work_state()}\n"
             f"keda:\n{cluster.log_tail('keda-operator', 2500)}\n{cluster.container_logs(namespace, 1500)}")
 
 
@@ -122,13 +122,20 @@ def test_queue_time_scales_out_under_load_back_in_then_to_zero_and_a_request_wak
     finally:
         answers = load.stop()
     t_stop = time.time()
-    t_in = recorder.first("scale-in after the load stops", t_stop, lambda s: s.replicas == 1)
-    # minReplicas 0 now (not a new revision): idle for idlePeriod, the model goes to zero.
-    t_min0 = time.time()
-    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest(namespace, "v1", min_replicas=0, max_replicas=3)))
-    t_zero = recorder.first("scale to zero when idle", t_min0, lambda s: s.replicas == 0 and s.ready == 0)
-    wait_for("Ready=True ScaledToZero", lambda: ready_reason(admin, namespace) == ("True", "ScaledToZero") or None,
-             timeout=30)
+    try:
+        t_in = recorder.first("scale-in after the load stops", t_stop, lambda s: s.replicas == 1)
+        # minReplicas 0 now (not a new revision): idle for idlePeriod, the model goes to zero.
+        t_min0 = time.time()
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest(namespace, "v1", min_replicas=0,
+                                                                       max_replicas=3)))
+        t_zero = recorder.first("scale to zero when idle", t_min0, lambda s: s.replicas == 0 and s.ready == 0)
+        wait_for("Ready=True ScaledToZero",
+                 lambda: ready_reason(admin, namespace) == ("True", "ScaledToZero") or None, timeout=30)
+    except AssertionError as exc:
+        scaled = admin.get(SCALED_OBJECTS, namespace, NAME) or {}
+        raise AssertionError(f"{exc}\nlast samples: {recorder.samples[-3:]}\nScaledObject spec: "
+                             f"{json.dumps(scaled.get('spec'))}\nstatus: {json.dumps(scaled.get('status'))}\n"
+                             f"{diagnose(cluster, admin, namespace, operator_process)}") from None
 
     # A request arrives at zero: the gateway answers 503 until a pod is up, and counts it; KEDA wakes the model.
     first_request = time.time()

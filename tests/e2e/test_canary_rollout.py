@@ -52,7 +52,8 @@ def diagnose(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorPro
     status = f"Progressing: {progressing.get('reason')}: {progressing.get('message')}\n" + json.dumps(
         b.get("status"), indent=1)
     notes = "\n".join(f"{e['reason']}: {e.get('message') or e.get('note')}" for e in events(cluster, namespace))
-    return f"status: {status}\nevents:\n{notes}\noperator:\n{op.log_tail(3000)}\n{cluster.container_logs(namespace)}"
+    return f"status: {status}\nevents:\n{notes}\noperator:\n{op.log_tail(3000)}\noperator's work: {op.work_state()}\n" \
+        f"{cluster.container_logs(namespace)}"
 
 
 def serving_stable(cluster: LocalCluster, admin: Kube, namespace: str, op: OperatorProcess, identity: str,

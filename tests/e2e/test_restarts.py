@@ -159,3 +159,18 @@ def test_the_operator_killed_at_random_points_of_rollouts_converges_without_orph
         wait_for(f"m{i} to keep one revision", one, timeout=30)
     assert admin.list_by_labels(JOBS, NAMESPACE, {"app.kubernetes.io/managed-by": "modelyard"}) == []
     op.assert_running()
+
+
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_operator_carries_on(
+    faulty: tuple[LocalCluster, OperatorProcess],
+) -> None:
+    """What an operator that stopped reconciling is asked for (the ModelyardQueueStalled alert points here)."""
+    cluster, op = faulty
+    admin = Kube(load_api_client(str(cluster.kubeconfig)), field_manager="modelyard-tests")
+    state = op.work_state()
+    assert "modelyard_queue_depth" in state and "most recent call first" in state, state
+    assert "handlers/workqueue.py" in state, f"the reconcile workers' stacks: {state}"
+    assert "kube/cache.py" in state, f"the informers' stacks: {state}"
+    op.assert_running()
+    _apply_all(cluster, 3)
+    wait_for("every model to converge after the dump", lambda: _converged(admin, 3), timeout=120, interval=0.5)

@@ -22,7 +22,8 @@ RULES = ROOT / "docs" / "monitoring" / "alerts.yaml"
 def test_every_alert_parses_on_prometheus_and_reads_metrics_the_operator_exports(cluster: LocalCluster) -> None:
     rules = [r for g in yaml.safe_load(Path(RULES).read_text())["groups"] for r in g["rules"]]
     assert {r["alert"] for r in rules} >= {"ModelyardModelNotReady", "ModelyardReconcileErrors", "ModelyardNoLeader",
-                                           "ModelyardCanaryRolledBack", "ModelyardTritonQueueing"}
+                                           "ModelyardCanaryRolledBack", "ModelyardTritonQueueing",
+                                           "ModelyardQueueStalled"}
     exported = generate_latest(REGISTRY).decode()
     for rule in rules:
         assert rule.get("annotations", {}).get("summary") and rule.get("labels", {}).get("severity"), rule

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from kubernetes import client
 
-from modelyard.kube.leader import held_by, may_take
+from modelyard.kube.client import REQUEST_TIMEOUT, Kube
+from modelyard.kube.leader import LeaderElector, Timing, held_by, may_take
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, 250000, tzinfo=UTC)
 
@@ -36,3 +38,12 @@ def test_taking_over_counts_a_transition_and_renewing_keeps_the_acquire_time() -
     # The first holder of a new Lease is no transition; taking a released one is.
     assert held_by({}, "me", NOW, 15)["leaseTransitions"] == 0
     assert held_by({"holderIdentity": "", "leaseTransitions": 4}, "me", NOW, 15)["leaseTransitions"] == 5
+
+
+def test_the_elections_calls_give_up_within_half_the_renew_deadline_and_the_reconciles_keep_theirs() -> None:
+    kube = Kube(client.ApiClient())
+    elector = LeaderElector(kube, "ns", "lease", on_started=lambda: None, on_lost=lambda: None,
+                            timing=Timing(renew_deadline=10.0))
+    assert elector.kube.request_timeout == (5.0, 5.0)  # two calls a try: within the deadline, before 15 s
+    assert kube.request_timeout == REQUEST_TIMEOUT == (10.0, 60.0)
+    assert elector.kube.api is kube.api

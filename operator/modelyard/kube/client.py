@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
 
 from kubernetes import client, config
 
@@ -83,6 +84,11 @@ def load_api_client(kubeconfig: str | None = None, pool_size: int | None = None)
     return api
 
 
+REQUEST_TIMEOUT = (10.0, 60.0)
+"""Seconds to connect, and to wait for a response, on each call: a connection that stops answering fails the call
+(retried with back-off) instead of holding a reconcile worker, and the model it reconciles, for ever."""
+
+
 class Kube:
     """Reads and writes the objects the operator manages. Every write is a server-side apply, a delete or an event;
     the leader election's Lease alone is created and replaced (compare-and-swap on its resourceVersion)."""
@@ -90,6 +96,14 @@ class Kube:
     def __init__(self, api: client.ApiClient, field_manager: str = FIELD_MANAGER) -> None:
         self.api = api
         self.field_manager = field_manager
+        self.request_timeout = REQUEST_TIMEOUT
+
+    def with_timeout(self, seconds: float) -> Self:
+        """The same client, whose calls each give up after `seconds` (the leader election's, within its renew
+        deadline: a leader must not wait on a call past the moment another replica may take the Lease)."""
+        other = copy.copy(self)
+        other.request_timeout = (min(REQUEST_TIMEOUT[0], seconds), seconds)
+        return other
 
     def _call(self, method: str, path: str, *, body: Any = None, query: list[tuple[str, str]] | None = None,
               content_type: str = "application/json") -> Obj:
@@ -103,6 +117,7 @@ class Kube:
             auth_settings=["BearerToken"],
             _return_http_data_only=True,
             _preload_content=True,
+            _request_timeout=self.request_timeout,
         )
         return result if isinstance(result, dict) else {}
 

@@ -79,7 +79,9 @@ class LeaderElector:
 
     def __init__(self, kube: Kube, namespace: str, name: str, on_started: Callable[[], None],
                  on_lost: Callable[[], None], timing: Timing = Timing(), me: str | None = None) -> None:
-        self.kube, self.namespace, self.name = kube, namespace, name
+        # Each call (a read and a write a try) gives up within half the renew deadline, as client-go bounds a try by
+        # it: a leader never waits on the API server past the moment another replica may take the Lease.
+        self.kube, self.namespace, self.name = kube.with_timeout(timing.renew_deadline / 2), namespace, name
         self.on_started, self.on_lost, self.timing = on_started, on_lost, timing
         self.me = me or identity()
         self.leading = threading.Event()
