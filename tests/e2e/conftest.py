@@ -51,13 +51,16 @@ class OperatorProcess:
     def work_state(self) -> str:
         """The work queue's gauges and every thread's stack (SIGUSR1: faulthandler writes them to the log): whether
         a model waits queued with no worker told, or a reconcile hangs, and where."""
+        gauges: dict[str, float | str]
         try:
             gauges = {name: self.metric(name) for name in ("modelyard_queue_depth", "modelyard_reconciles_in_flight",
                                                            "modelyard_requeues_pending")}
         except (OSError, AssertionError) as exc:
-            gauges = {"unreadable": str(exc)}  # type: ignore[dict-item]
+            gauges = {"unreadable": str(exc)}
         if self.proc.poll() is not None:
             return f"{gauges} (the operator exited with {self.proc.returncode})"
+        if "unreadable" in gauges:  # still starting: SIGUSR1 before main() registers the dump would end the process
+            return f"{gauges} (no thread dump: the operator serves no metrics yet)"
         before = self.log.stat().st_size
         self.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 5

@@ -167,6 +167,14 @@ def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_operator_carries_
     """What an operator that stopped reconciling is asked for (the ModelyardQueueStalled alert points here)."""
     cluster, op = faulty
     admin = Kube(load_api_client(str(cluster.kubeconfig)), field_manager="modelyard-tests")
+
+    def serving() -> bool | None:
+        try:
+            return op.metric("modelyard_queue_depth") >= 0
+        except OSError:
+            return None
+
+    wait_for("the operator to serve its metrics (it has started)", serving, timeout=60, interval=0.5)
     state = op.work_state()
     assert "modelyard_queue_depth" in state and "most recent call first" in state, state
     assert "handlers/workqueue.py" in state, f"the reconcile workers' stacks: {state}"

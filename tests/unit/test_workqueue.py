@@ -115,7 +115,6 @@ def test_a_closed_queue_starts_nothing_more() -> None:
     assert r.seen == ["a"]
 
 
-
 def test_an_add_wakes_an_idle_worker_even_when_the_requeue_clock_waits_ahead_of_it() -> None:
     """The requeue clock waits for the next timed add; a worker waits for keys. A wake-up for a worker that reached
     the clock instead left the key queued and no worker told, and every later add of that key (watch events, the
