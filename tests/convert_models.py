@@ -104,6 +104,18 @@ def save_external(directory: Path, location: str = "cnn.onnx.data") -> Path:
     return graph
 
 
+def relocate(graph: Path, location: str) -> None:
+    """Rewrite the graph so that its tensors name `location` (the data file is left where it was)."""
+    import onnx
+
+    model = onnx.load(str(graph), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    graph.write_bytes(model.SerializeToString())
+
+
 def source(uri: str, fmt: str, signature: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"uri": uri, "format": fmt}
     if signature:

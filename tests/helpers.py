@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import http.server
 import json
+import os
 import subprocess
 import threading
 import time
@@ -99,12 +101,63 @@ def bound_claim(cluster: LocalCluster, namespace: str, claim: str, path: Path, a
 
 
 @contextmanager
-def serving_directory(directory: Path) -> Iterator[str]:
-    """A plain HTTP server for `directory` on loopback while the block runs; yields its base URL."""
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+def serving(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server with `handler` on loopback while the block runs; yields its base URL."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
+
+
+def serving_directory(directory: Path) -> contextlib.AbstractContextManager[str]:
+    """A plain HTTP server for `directory` on loopback while the block runs; yields its base URL."""
+    return serving(partial(http.server.SimpleHTTPRequestHandler, directory=str(directory)))
+
+
+@contextmanager
+def moto_s3(log_dir: Path) -> Iterator[str]:
+    """A real S3-compatible server process (moto's server mode) on loopback while the block runs, with the AWS_*
+    variables of this process pointing at it; yields its endpoint. Not a mock: boto3 talks HTTP to it."""
+    import shutil
+    import sys
+    import urllib.request
+
+    from localcluster import free_port
+
+    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    assert exe, "moto_server is missing: the test extra installs moto[server]"
+    port = free_port()
+    log = log_dir / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=1)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        env = {"AWS_ACCESS_KEY_ID": "modelyard", "AWS_SECRET_ACCESS_KEY": MOTO_SECRET,
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield endpoint
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+MOTO_SECRET = "s3cr3t-never-in-logs"
+"""The secret key moto_s3 hands to this process (a test greps its outputs for it)."""

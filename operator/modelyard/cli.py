@@ -37,7 +37,7 @@ def render_manifest(doc: dict[str, Any]) -> list[dict[str, Any]]:
     doc["metadata"] = meta
     md = ModelDeployment.model_validate(doc)
     own = Settings.from_env()
-    return render_children(md, revision_of(md.spec), own.converter_image, own.prometheus_url)
+    return render_children(md, revision_of(md.spec), own.converter(), own.prometheus_url)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,13 +58,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "convert":
         try:
-            from modelyard.convert.main import run
+            from modelyard.convert.main import run_arguments
         except ImportError as exc:
             print(f"modelyard convert needs the converter extra: pip install 'modelyard[converter]' ({exc})",
                   file=sys.stderr)
             return 2
-        return run(args.filename, args.store, args.flavour, args.termination_log, args.manifest_json,
-                   args.source_root, args.store_endpoint)
+        return run_arguments(args)
     if args.command == "crd":
         sys.stdout.write(model_deployment_crd_yaml())
         return 0

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 
 from modelyard import __version__
 from modelyard.api.names import FIELD_MANAGER
+from modelyard.codepolicy import DEFAULT_ALLOWED_MODULES
+from modelyard.render.conversion import Converter
 
 DEFAULT_CONVERTER_IMAGE = f"ghcr.io/modelyard/converter:{__version__}"
+DEFAULT_CONVERTER = Converter(DEFAULT_CONVERTER_IMAGE)
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,10 @@ class Settings:
     metrics_port: int = 8080
     converter_image: str = DEFAULT_CONVERTER_IMAGE
     """Image of the conversion Jobs (runtime/converter/Dockerfile)."""
+    converter_allowed_modules: tuple[str, ...] = DEFAULT_ALLOWED_MODULES
+    """Modules of the converter image that conversion.modelClass and kerasCustomObjects may name."""
+    converter_allowed_cidrs: tuple[str, ...] = ()
+    """Non-public address ranges that http(s) model sources may reach (an in-cluster MinIO, say)."""
     prometheus_url: str | None = None
     """Prometheus that canary analysis asks; without it a canary waits, reported as not measurable."""
     drain_seconds: float = 30.0
@@ -42,6 +50,8 @@ class Settings:
             kubeconfig=env.get("KUBECONFIG") or None,
             metrics_port=int(env.get("MODELYARD_METRICS_PORT", "8080")),
             converter_image=env.get("MODELYARD_CONVERTER_IMAGE", DEFAULT_CONVERTER_IMAGE),
+            converter_allowed_modules=_list(env.get("MODELYARD_CONVERTER_ALLOWED_MODULES"), DEFAULT_ALLOWED_MODULES),
+            converter_allowed_cidrs=_cidrs(env.get("MODELYARD_CONVERTER_ALLOWED_CIDRS")),
             prometheus_url=env.get("MODELYARD_PROMETHEUS_URL") or None,
             drain_seconds=float(env.get("MODELYARD_DRAIN_SECONDS", "30")),
             workers=int(env.get("MODELYARD_WORKERS", "4")),
@@ -49,6 +59,29 @@ class Settings:
             leader_election_namespace=env.get("MODELYARD_LEADER_ELECTION_NAMESPACE") or _own_namespace(),
             leader_election_id=env.get("MODELYARD_LEADER_ELECTION_ID", "modelyard-operator"),
         )
+
+
+    def converter(self) -> Converter:
+        """The conversion Jobs' image and what they are allowed."""
+        return Converter(self.converter_image, self.converter_allowed_modules, self.converter_allowed_cidrs)
+
+
+def _list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated setting; unset: the default (set and empty: nothing)."""
+    if value is None:
+        return default
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _cidrs(value: str | None) -> tuple[str, ...]:
+    """MODELYARD_CONVERTER_ALLOWED_CIDRS, each checked here: a typo stops the operator, not every conversion."""
+    cidrs = _list(value, ())
+    for cidr in cidrs:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"MODELYARD_CONVERTER_ALLOWED_CIDRS: {cidr!r} is not an address range: {exc}") from exc
+    return cidrs
 
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"

@@ -127,8 +127,7 @@ def test_custom_objects_that_do_not_import_are_refused_with_where_the_code_must_
     from keras_layers import custom_model
 
     custom_model(str(tmp_path / "custom.keras"))
-    with pytest.raises(SourceRefused, match=r"kerasCustomObjects mylayers:ScaledDense cannot be imported.*converter "
-                       "image"):
-        convert(request(str(tmp_path / "custom.keras"), {"kerasCustomObjects": ["mylayers:ScaledDense",
-                                                                                  "keras_layers:Swish"]}),
-                tmp_path / "store")
+    with pytest.raises(SourceRefused, match=r"kerasCustomObjects modelyard_plugins\.mylayers:ScaledDense cannot be "
+                       "imported.*converter image"):
+        named = ["modelyard_plugins.mylayers:ScaledDense", "keras_layers:Swish"]
+        convert(request(str(tmp_path / "custom.keras"), {"kerasCustomObjects": named}), tmp_path / "store")

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
-import sys
-import time
-import urllib.request
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +12,7 @@ import boto3
 import pytest
 
 from convert_models import CNN, CNN_SIGNATURE, save_external, save_torchscript, source
-from helpers import serving_directory
-from localcluster import free_port
+from helpers import MOTO_SECRET, moto_s3, serving_directory
 from modelyard.api.v1alpha1 import ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion
 from modelyard.convert.errors import SourceUnavailable
@@ -27,7 +21,7 @@ from modelyard.convert.sources import digest
 
 pytestmark = [pytest.mark.converter, pytest.mark.filterwarnings("ignore")]
 warnings.filterwarnings("ignore")
-SECRET = "s3cr3t-never-in-logs"
+SECRET = MOTO_SECRET
 
 
 @pytest.fixture(scope="module")
@@ -39,40 +33,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def s3(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    assert exe, "moto_server is missing: the test extra installs moto[server]"
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "modelyard", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": endpoint}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.2)
+    with moto_s3(tmp_path_factory.mktemp("moto")) as endpoint:
         client = boto3.client("s3")
         client.create_bucket(Bucket="models")
         client.upload_file(str(model_dir / "cnn.pt"), "models", "cnn/cnn.pt")
-        for rel in ("saved_model.pb", "variables/variables.index"):
-            client.put_object(Bucket="models", Key=f"tf/savedmodel/{rel}", Body=b"not really tensorflow")
+        # An empty SavedModel message (it parses, and holds no op for the converter's op check) and a stand-in for
+        # its variables: passed through, never loaded.
+        client.put_object(Bucket="models", Key="tf/savedmodel/saved_model.pb", Body=b"")
+        client.put_object(Bucket="models", Key="tf/savedmodel/variables/variables.index", Body=b"not really tensorflow")
         yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def req(src: dict[str, object]) -> Request:

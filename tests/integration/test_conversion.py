@@ -129,3 +129,21 @@ def test_a_converter_pod_that_cannot_be_scheduled_is_reported_at_once(
     assert cond["status"] == "False" and "model-store" in cond["message"] and "converter pod" in cond["message"], cond
     converted = condition(admin.get(MODEL_DEPLOYMENTS, namespace, "nopvc") or {}, "Converted")
     assert (converted["status"], converted["reason"]) == ("Unknown", "Unschedulable"), converted
+
+
+def test_a_model_class_the_administrator_does_not_allow_gets_no_job(
+    cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str
+) -> None:
+    """conversion.modelClass is checked before any Job: a module of the standard library (or one outside
+    converter.allowedModules) is a condition with its reason, and no pod ever runs it."""
+    manifest = converting("evil", namespace, "cnn.pth")
+    manifest["spec"]["model"]["format"] = "pytorch"
+    manifest["spec"]["conversion"]["modelClass"] = "os:system"
+    manifest["spec"]["conversion"]["modelClassArgs"] = {"command": "touch /tmp/pwned"}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    outcome = reconcile(admin, operator_kube, namespace, "evil")
+    cond = ready_condition(admin.get(MODEL_DEPLOYMENTS, namespace, "evil") or {})
+    assert (outcome.reason, cond["status"], cond["reason"]) == ("ModuleNotAllowed", "False", "ModuleNotAllowed"), cond
+    assert "os:system" in cond["message"] and "standard library" in cond["message"]
+    assert admin.list_by_labels(JOBS, namespace, {"modelyard.dev/deployment": "evil"}) == []
+    assert reconcile(admin, operator_kube, namespace, "evil").writes == 0  # and nothing on a resync

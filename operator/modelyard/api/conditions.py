@@ -61,6 +61,8 @@ class Reason(StrEnum):
     VALIDATION_INCONCLUSIVE = "ValidationInconclusive"
     CONVERSION_UNSUPPORTED = "ConversionUnsupported"
     SOURCE_REFUSED = "SourceRefused"
+    MODULE_NOT_ALLOWED = "ModuleNotAllowed"
+    """conversion.modelClass or kerasCustomObjects names code the operator's administrator does not allow."""
     SOURCE_UNAVAILABLE = "SourceUnavailable"
     SOURCE_UNREADABLE = "SourceUnreadable"
     CONVERSION_FAILED = "ConversionFailed"

@@ -49,9 +49,13 @@ REASONS: dict[Reason, str] = {
     "fails on them. Give samples that exercise the model (conversion.samples.uri); nothing is served.",
     Reason.CONVERSION_UNSUPPORTED: "The request cannot be honoured, and is refused before any work: TensorRT "
     "without a GPU, int8 TorchScript, ONNX to TorchScript, a SavedModel asked for another target or precision.",
-    Reason.SOURCE_REFUSED: "The source is not loaded: it would have to be unpickled as code (save it with "
-    "torch.export or torch.jit, or name conversion.modelClass for a state_dict), or an ONNX graph names external "
-    "data outside its directory.",
+    Reason.SOURCE_REFUSED: "The source is not loaded: it would run code (a pickle that holds more than tensors, "
+    "TorchScript or a SavedModel that reads or writes files, a Lambda layer), it reaches outside itself (a symlink "
+    "or a path out of the source, ONNX external data outside its directory, a loopback or private address), or it "
+    "is over conversion.maxSourceSize or maxSamplesSize (docs/security.md).",
+    Reason.MODULE_NOT_ALLOWED: "conversion.modelClass or kerasCustomObjects names a module the operator's "
+    "administrator does not allow (converter.allowedModules), or one of the standard library or the converter's "
+    "own: no conversion Job is created (docs/security.md).",
     Reason.SOURCE_UNAVAILABLE: "The source cannot be read (missing object or external data file, wrong "
     "credentials).",
     Reason.SOURCE_UNREADABLE: "The source was fetched but is not a model of its declared format: truncated, "

@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 from modelyard.api.v1alpha1 import DataType, ModelFormat, ModelSignature
 from modelyard.api.v1alpha1.conversion import Conversion
 from modelyard.convert.errors import ConversionFailed, ConversionUnsupported, SourceRefused, SourceUnreadable
+from modelyard.convert.nocode import check_pt2, check_torchscript_archive, check_torchscript_graphs
 
 DTYPES: dict[DataType, Any] = {
     DataType.BOOL: np.bool_, DataType.UINT8: np.uint8, DataType.INT8: np.int8, DataType.INT16: np.int16,
@@ -121,6 +122,7 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
 
     inputs, outputs = _signature_tensors(signature, f"a {fmt} source")
     if fmt == ModelFormat.TORCHSCRIPT:
+        check_torchscript_archive(path)  # before loading: torch.jit.load runs the archive's __setstate__
         try:
             module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
         except RuntimeError as exc:
@@ -129,9 +131,11 @@ def load_source(path: Path, fmt: ModelFormat, signature: ModelSignature | None, 
                 "pickled code: export it with torch.jit.script/trace, or use format pytorch with "
                 f"conversion.modelClass and a state_dict ({exc.__class__.__name__})"
             ) from exc
+        check_torchscript_graphs(module, path.name)
         return _torch_runnable(module.eval(), inputs, outputs)
     # format: pytorch
     if path.suffix == ".pt2":
+        check_pt2(path)  # torch.export.load unpickles members as code: only tensors get that far
         try:
             program = torch.export.load(str(path))
         except Exception as exc:  # a zip that is not a torch.export archive, a truncated file
@@ -245,6 +249,15 @@ def keras_foreign_classes(config: Any, keras_has: Callable[[str], bool]) -> set[
     return found
 
 
+def _has_lambda(config: Any) -> bool:
+    """Whether a saved Keras config holds a Lambda layer (its function is Python bytecode)."""
+    if isinstance(config, dict):
+        return config.get("class_name") == "Lambda" or any(_has_lambda(v) for v in config.values())
+    if isinstance(config, list):
+        return any(_has_lambda(v) for v in config)
+    return False
+
+
 def _keras_has(keras: Any, name: str) -> bool:
     """Whether Keras itself has a class (layer, model, initializer, ...) of this name."""
     return any(hasattr(m, name) for m in (keras.layers, keras.models, keras.initializers, keras.regularizers,
@@ -281,6 +294,10 @@ def keras_runnable(path: Path, signature: ModelSignature | None, custom_objects:
         raise SourceUnreadable(f"{path.name} is not a Keras file: format keras takes a .keras (Keras 3) or .h5 "
                                "(Keras 2) file; a SavedModel directory is format tensorflow-savedmodel")
     keras = _keras()
+    if _has_lambda(keras_config(path)):  # refused before Keras reads the file, however deep the Lambda is
+        raise SourceRefused(f"{path.name} holds Python code (a Lambda layer), which is not loaded: replace the "
+                            "Lambda with Keras layers, or with a layer class of yours named in "
+                            "conversion.kerasCustomObjects (docs/conversion.md)")
     objects = _keras_custom_objects(keras, path, custom_objects)
     try:
         model = keras.saving.load_model(str(path), compile=False, safe_mode=True, custom_objects=objects or None)

@@ -13,10 +13,11 @@ self-contained `model.onnx` when it fits in a protobuf (under 2 GB), else `model
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from modelyard.convert.errors import SourceRefused, SourceUnavailable, SourceUnreadable
+from modelyard.convert.confine import join_inside
+from modelyard.convert.errors import SourceUnavailable, SourceUnreadable
 
 PROTOBUF_LIMIT = 2**31 - 1
 """A protobuf message cannot be larger (bytes): a bigger model keeps its weights in external data."""
@@ -57,22 +58,7 @@ def external_locations(graph_path: Path) -> list[str]:
 
 def check_location(base: Path, location: str) -> Path:
     """The file a location names, inside `base`; SourceRefused for one that would be read from elsewhere."""
-    pure = PurePosixPath(location)
-    if (not location or "\\" in location or "\0" in location or pure.is_absolute() or ".." in pure.parts
-            or (len(location) > 1 and location[1] == ":")):
-        raise SourceRefused(
-            f"the ONNX graph names external data at {location!r}: only a path relative to the model's directory, "
-            "without '..', is read (a location outside it is how ONNX loaders are attacked into reading other "
-            "files); re-export the model with its data files beside it")
-    target = base / pure
-    try:
-        inside = target.resolve().is_relative_to(base.resolve())
-    except OSError:
-        inside = False
-    if not inside:
-        raise SourceRefused(f"the ONNX graph's external data {location!r} resolves outside the model's directory "
-                            "(a symlink?): it is not read")
-    return target
+    return join_inside(base, location, "the ONNX graph's external data location")
 
 
 def graph_of(path: Path) -> Path:

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from modelyard.api.v1alpha1 import ModelFormat, ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion, Precision, Target
+from modelyard.codepolicy import named_code
 from modelyard.convert import CONVERTER_VERSION
-from modelyard.convert.errors import ConversionUnsupported, SourceUnreadable
+from modelyard.convert.confine import check_tree, size_text
+from modelyard.convert.errors import ConversionUnsupported, SourceRefused, SourceUnreadable
 from modelyard.convert.models import (
     KERAS_SUFFIXES,
     Runnable,
@@ -27,10 +32,12 @@ from modelyard.convert.models import (
     onnx_runnable,
     torchscript_runnable,
 )
+from modelyard.convert.nocode import check_importable, check_saved_model, samples_size
 from modelyard.convert.onnxdata import companions, write_artifact
+from modelyard.convert.policy import Policy
 from modelyard.convert.quantize import Int8Result, to_int8
-from modelyard.convert.sources import PVC_MOUNT, digest, fetch
-from modelyard.convert.store import MANIFEST, open_store
+from modelyard.convert.sources import PVC_MOUNT, digest, fetch, local_path
+from modelyard.convert.store import MANIFEST, file_digests, open_store, verify
 from modelyard.convert.transform import check_supported, export_onnx, export_torchscript, prune, to_fp16
 from modelyard.convert.tritonconfig import model_config, to_pbtxt
 from modelyard.convert.validate import compare, make_samples, output_names, run_all, validate
@@ -49,6 +56,8 @@ class Request:
     flavour: str = "native"
     """native: the platform's own backend (onnxruntime_onnx, pytorch_libtorch); python: ONNX run by the python
     backend, for Triton builds without onnxruntime (local CPU serving)."""
+    policy: Policy = field(default_factory=Policy.from_env)
+    """What the operator's administrator allows: code a spec may name, addresses, confinement."""
 
     def key(self, source_digest: str) -> str:
         basis = {
@@ -73,19 +82,63 @@ def convert(
     `reused` true when that key was published before and `repository` saying where it is."""
     check_supported(request.conversion)
     refuse_impossible(request)
+    refuse_code(request)
+    samples = local_samples(request, source_root)
     target = open_store(store, store_endpoint)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         scratch = Path(tmp)
         onnx_source = request.source.format == ModelFormat.ONNX
-        source_path = fetch(request.source.uri, scratch, pvc_root=source_root, onnx=onnx_source)
+        source_path = fetch(request.source.uri, scratch, pvc_root=source_root, onnx=onnx_source,
+                            policy=request.policy, max_bytes=request.conversion.source_limit())
         source_digest = digest(source_path, companions(source_path) if onnx_source else None)
         key = request.key(source_digest)
         published = target.find(key)
+        replaced = None
         if published is not None:
-            return {**published, "reused": True, "repository": _location(store, key)}
+            problem = verify(target, key, published)
+            if problem is None:
+                return {**published, "reused": True, "repository": _location(store, key)}
+            replaced = (f"the stored repository under key {key} did not match its manifest ({problem}): converted "
+                        "again and replaced")
         staging = scratch / "repository"
-        manifest = _convert_into(request, source_path, source_digest, key, staging)
-        return {**manifest, "reused": False, "repository": target.publish(key, staging)}
+        manifest = _convert_into(request, source_path, source_digest, key, staging, samples)
+        return {**manifest, "reused": False, "repository": target.publish(key, staging),
+                **({"replaced": replaced} if replaced else {})}
+
+
+def refuse_code(request: Request) -> None:
+    """Refuse, before anything is fetched, a spec that names code the administrator does not allow."""
+    conv = request.conversion
+    for what, name in named_code(conv.model_class, conv.keras_custom_objects):
+        check_importable(what, name, request.policy.allowed_modules)
+
+
+def local_samples(request: Request, source_root: Path) -> Conversion:
+    """The conversion with its samples files as checked local paths: inside the source's mount in the conversion
+    Job, never a link out of it, and no larger unpacked than conversion.maxSamplesSize."""
+    conv = request.conversion
+    paths: dict[str, str] = {}
+    for attr, what in (("uri", "samples.uri"), ("calibration_uri", "samples.calibrationUri")):
+        uri = getattr(conv.samples, attr)
+        if not uri:
+            continue
+        claim, source_claim = urlsplit(uri).netloc, urlsplit(request.source.uri).netloc
+        if uri.startswith("pvc://") and (not request.source.uri.startswith("pvc://") or claim != source_claim):
+            raise SourceRefused(f"conversion.{what} is on claim {claim!r}, and only the source's claim is mounted in "
+                                "the conversion Job: put the samples beside the model")
+        path = local_path(uri, source_root, request.policy, f"conversion.{what}")
+        if path.is_symlink() or path.exists():
+            check_tree(path, f"conversion.{what}")
+        if path.is_file():
+            try:
+                unpacked = samples_size(path)
+            except (zipfile.BadZipFile, OSError):
+                unpacked = 0  # not an .npz: numpy.load says what it is
+            if unpacked > conv.samples_limit():
+                raise SourceRefused(f"the samples file {path.name} unpacks to {size_text(unpacked)}, more than "
+                                    f"conversion.maxSamplesSize ({size_text(conv.samples_limit())}): it is not read")
+        paths[attr] = str(path)
+    return conv.model_copy(update={"samples": conv.samples.model_copy(update=paths)}) if paths else conv
 
 
 def refuse_impossible(request: Request) -> None:
@@ -139,8 +192,10 @@ def _location(store: Path | str, key: str) -> str:
     return f"{str(store).rstrip('/')}/{key}"
 
 
-def _convert_into(request: Request, source_path: Path, source_digest: str, key: str, repo: Path) -> dict[str, Any]:
-    conv, serving = request.conversion, request.serving
+def _convert_into(request: Request, source_path: Path, source_digest: str, key: str, repo: Path,
+                  conv: Conversion) -> dict[str, Any]:
+    """`conv` is the request's conversion with its samples files as local paths (local_samples)."""
+    serving = request.serving
     batched = serving.max_batch_size > 0
     version_dir = repo / request.name / "1"
     version_dir.mkdir(parents=True)
@@ -149,6 +204,8 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
         hint = (" a .keras or .h5 file is format keras, which converts to ONNX" if source_path.suffix in KERAS_SUFFIXES
                 else "")
         raise SourceUnreadable(f"{source_path.name} is not a SavedModel directory (one holding saved_model.pb);" + hint)
+    if request.source.format == ModelFormat.TENSORFLOW_SAVEDMODEL:
+        check_saved_model(source_path)  # served as it is or converted: Triton or TensorFlow would run its ops
     if conv.target == Target.TENSORFLOW_SAVEDMODEL:
         shutil.copytree(source_path, version_dir / "model.savedmodel")
         cfg = model_config(request.name, "savedmodel", [], [], serving)
@@ -248,6 +305,7 @@ def _manifest(request: Request, key: str, source_digest: str, artifact_name: str
     """What was made, as it was made: `done` overrides what the request asked for where that was not done."""
     manifest = {
         "converterVersion": CONVERTER_VERSION,
+        "converterImage": os.environ.get("MODELYARD_CONVERTER_IMAGE") or None,
         "key": key,
         "model": request.name,
         "source": {"format": str(request.source.format), "digest": f"sha256:{source_digest}"},
@@ -263,6 +321,7 @@ def _manifest(request: Request, key: str, source_digest: str, artifact_name: str
         },
         "validation": validation,
         **(done or {}),
+        "files": file_digests(artifact.parents[2]),
     }
     (artifact.parents[2] / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

@@ -16,7 +16,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from modelyard.api.v1alpha1.conversion import Conversion, Precision
-from modelyard.convert.errors import SourceUnavailable, SourceUnreadable, ValidationFailed, ValidationInconclusive
+from modelyard.convert.errors import (
+    ConversionUnsupported,
+    SourceUnavailable,
+    SourceUnreadable,
+    ValidationFailed,
+    ValidationInconclusive,
+)
 from modelyard.convert.models import DTYPES, Runnable, Tensor
 
 Feed = dict[str, NDArray[Any]]
@@ -146,11 +152,29 @@ def _load(uri: str, inputs: list[Tensor]) -> Feed:
         missing = [t.name for t in inputs if t.name not in data]
         if missing:
             raise ValidationFailed(f"the samples file {Path(uri).name} has no array for inputs {missing}")
-        return {t.name: np.asarray(data[t.name]) for t in inputs}
+        try:
+            return {t.name: np.asarray(data[t.name]) for t in inputs}
+        except ValueError as exc:  # an object array: it would have to be unpickled, and never is
+            raise SourceUnreadable(f"the samples file {Path(uri).name} is not an .npz of arrays: it holds pickled "
+                                   f"objects, which are never unpickled ({exc})") from exc
 
 
 def _split(arrays: Feed, start: int, stop: int, size: int) -> list[Feed]:
     return [{k: v[i:min(i + size, stop)] for k, v in arrays.items()} for i in range(start, stop, size)]
+
+
+def _refuse_oversized(inputs: list[Tensor], conversion: Conversion, count: int) -> None:
+    """Generated samples are bounded like a samples file (conversion.maxSamplesSize): a signature that declares
+    1e6 x 1e6 inputs is refused before anything is allocated."""
+    longest = max(conversion.samples.lengths)
+    per_sample = sum(int(np.prod([longest if d == -1 else d for d in t.dims], dtype=np.float64))
+                     * np.dtype(DTYPES.get(t.data_type, np.float32)).itemsize for t in inputs)
+    if per_sample * count > conversion.samples_limit():
+        shapes = ", ".join(f"{t.name} {list(t.dims)}" for t in inputs)[:300]
+        raise ConversionUnsupported(
+            f"{count} samples of the signature's inputs ({shapes}) "
+            f"take {per_sample * count / (1 << 30):.3g} GiB, more than conversion.maxSamplesSize allows: check "
+            "the signature's shapes, lower samples.count, or give samples.uri")
 
 
 def make_samples(inputs: list[Tensor], conversion: Conversion, batched: bool, batch_size: int) -> Samples:
@@ -178,6 +202,7 @@ def make_samples(inputs: list[Tensor], conversion: Conversion, batched: bool, ba
         else:
             cut_n = cut
         return Samples(_split(data, cut, n, batch_size), calibration, n - cut, cut_n, [])
+    _refuse_oversized(inputs, conversion, s.count + (s.calibration_count if calibrates else 0))
     validation, lengths = _generate(inputs, conversion, batched, s.count, batch_size,
                                     np.random.default_rng(s.seed), s.lengths)
     generated: list[Feed] = []

@@ -156,7 +156,7 @@ def _reconcile(namespace: str, name: str) -> None:
             report_invalid_spec(_kube(), body, f"the spec does not parse: {exc.errors(include_url=False)}"[:2000])
             return
         own: Settings = _state["settings"]
-        outcome = reconcile_model_deployment(_kube(), md, converter_image=own.converter_image,
+        outcome = reconcile_model_deployment(_kube(), md, converter=own.converter(),
                                              analyst=_state.get("analyst"), drain_seconds=own.drain_seconds,
                                              prometheus_url=own.prometheus_url)
         if outcome.rollout_event:

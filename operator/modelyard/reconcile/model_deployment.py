@@ -44,16 +44,17 @@ from modelyard.api.v1alpha1 import (
 )
 from modelyard.api.v1alpha1.rollout import RolloutStatus
 from modelyard.api.v1alpha1.scaling import ScalingStatus
+from modelyard.codepolicy import module_refusal, named_code
 from modelyard.kube.client import DEPLOYMENTS, JOBS, PODS, SERVICES, Kube, Obj
 from modelyard.reconcile.common import Stop, Writer, owned_by, owned_children
 from modelyard.reconcile.rollout import Analyst, observe_canary
 from modelyard.reconcile.scaling import apply_revision, canary_replicas, current_replicas, reconcile_scaling
 from modelyard.reconcile.secrets import check_secrets
 from modelyard.reconcile.traffic import reconcile_traffic
-from modelyard.render.conversion import render_conversion_job
+from modelyard.render.conversion import Converter, render_conversion_job
 from modelyard.render.triton import UnservableSource, render_service, render_triton_deployment
 from modelyard.rollout.canary import PROMOTED, ROLLED_BACK, Decision, wake_after
-from modelyard.settings import DEFAULT_CONVERTER_IMAGE
+from modelyard.settings import DEFAULT_CONVERTER
 from modelyard.status.conditions import Clock, set_condition, transitions, utc_now
 from modelyard.status.conversion import ConversionState, describe_artifact, describe_validation, observe_conversion
 from modelyard.status.kstatus import kstatus_conditions
@@ -112,14 +113,14 @@ def _apply_rejected(exc: ApiException) -> Stop:
 @dataclass(frozen=True)
 class _Context:
     clock: Clock
-    converter_image: str
+    converter: Converter
     analyst: Analyst | None
     drain_seconds: float
     prometheus_url: str | None
 
 
 def reconcile_model_deployment(
-    kube: Kube, md: ModelDeployment, clock: Clock = utc_now, converter_image: str = DEFAULT_CONVERTER_IMAGE,
+    kube: Kube, md: ModelDeployment, clock: Clock = utc_now, converter: Converter = DEFAULT_CONVERTER,
     analyst: Analyst | None = None, drain_seconds: float = 30.0, prometheus_url: str | None = None,
 ) -> Outcome:
     """Bring one ModelDeployment's children and status in line with its spec.
@@ -129,7 +130,7 @@ def reconcile_model_deployment(
     ns = md.metadata.namespace
     revision = revision_of(md.spec)
     writer = Writer(kube)
-    ctx = _Context(clock, converter_image, analyst, drain_seconds, prometheus_url)
+    ctx = _Context(clock, converter, analyst, drain_seconds, prometheus_url)
     try:
         rolled = _roll_out(writer, md, revision, ctx)
     except _NamespaceTerminating:
@@ -316,7 +317,7 @@ def _recorded_repositories(md: ModelDeployment) -> dict[str, str]:
     return out
 
 
-def _convert(writer: Writer, md: ModelDeployment, revision: str, image: str,
+def _convert(writer: Writer, md: ModelDeployment, revision: str, converter: Converter,
              repositories: dict[str, str]) -> ConversionState:
     """Run (or read) the latest revision's conversion Job."""
     conv = md.spec.conversion
@@ -328,7 +329,12 @@ def _convert(writer: Writer, md: ModelDeployment, revision: str, image: str,
     job = owned_children(kube, JOBS, md, COMPONENT_CONVERTER).get(revision)
     if job is None:
         # A Job's pod template is immutable and the Job is a record of one run: it is created, never re-applied.
-        job = writer.ensure(None, render_conversion_job(md, revision, image))
+        # The code the spec names is checked before any Job: a condition with the reason, no pod.
+        for field, name in named_code(conv.model_class, conv.keras_custom_objects):
+            refusal = module_refusal(field, name, converter.allowed_modules)
+            if refusal:
+                raise Stop(Reason.MODULE_NOT_ALLOWED, refusal)
+        job = writer.ensure(None, render_conversion_job(md, revision, converter))
     pods = kube.list_by_labels(PODS, ns, {"batch.kubernetes.io/job-name": job["metadata"]["name"]})
     state = observe_conversion(job, pods)
     if state.done and state.key:
@@ -373,7 +379,7 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
     try:
         desired: Obj | None = None
         if md.spec.conversion is not None:
-            conversion = _convert(writer, md, revision, ctx.converter_image, repositories)
+            conversion = _convert(writer, md, revision, ctx.converter, repositories)
         if conversion is not None and not conversion.done:
             latest = RevisionState(revision, replicas, 0, False, conversion.reason, conversion.message)
         else:

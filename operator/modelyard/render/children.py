@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from modelyard.api.v1alpha1 import ModelDeployment
-from modelyard.render.conversion import render_conversion_job
+from modelyard.render.conversion import Converter, render_conversion_job
 from modelyard.render.scaling import render_hpa, render_scaled_object
 from modelyard.render.triton import render_service, render_triton_deployment
 
@@ -17,9 +17,9 @@ PROMETHEUS_PLACEHOLDER = "<MODELYARD_PROMETHEUS_URL>"
 """Stands for the operator's Prometheus address where the renderer is not told it."""
 
 
-def render_children(md: ModelDeployment, revision: str, converter_image: str,
+def render_children(md: ModelDeployment, revision: str, converter: Converter,
                     prometheus_url: str | None = None) -> list[dict[str, Any]]:
-    out = [render_conversion_job(md, revision, converter_image)] if md.spec.conversion is not None else []
+    out = [render_conversion_job(md, revision, converter)] if md.spec.conversion is not None else []
     out += [render_triton_deployment(md, revision, converted=KEY_PLACEHOLDER if md.spec.conversion else None),
             render_service(md, revision)]
     if md.spec.scaling is not None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from modelyard.api.names import COMPONENT_CONVERTER, LABEL_REVISION, child_metadata, common_labels, conversion_job_name
 from modelyard.api.v1alpha1 import API_VERSION, KIND, ModelDeployment
+from modelyard.codepolicy import DEFAULT_ALLOWED_MODULES
 from modelyard.render.triton import split_pvc
 
 STORE_MOUNT = "/mnt/store"
@@ -16,6 +18,21 @@ EXIT_CONVERSION_ERROR = 1
 EXIT_INVALID_REQUEST = 2
 STORE_PREFIX = "STORE_"
 """Environment prefix of the store's credentials in the converter pod (STORE_AWS_ACCESS_KEY_ID, ...)."""
+
+
+SCRATCH_MARGIN = 1 << 30
+"""/tmp holds the source and what is made of it: twice conversion.maxSourceSize, plus this."""
+
+
+@dataclass(frozen=True)
+class Converter:
+    """The conversion Jobs' image and what the operator's administrator allows them (chart values converter.*)."""
+
+    image: str
+    allowed_modules: tuple[str, ...] = DEFAULT_ALLOWED_MODULES
+    """Modules that conversion.modelClass and kerasCustomObjects may name."""
+    allowed_cidrs: tuple[str, ...] = ()
+    """Non-public address ranges that http(s) sources may reach."""
 
 
 def conversion_request(md: ModelDeployment) -> dict[str, Any]:
@@ -28,11 +45,12 @@ def conversion_request(md: ModelDeployment) -> dict[str, Any]:
     }
 
 
-def render_conversion_job(md: ModelDeployment, revision: str, image: str) -> dict[str, Any]:
+def render_conversion_job(md: ModelDeployment, revision: str, converter: Converter) -> dict[str, Any]:
     conv = md.spec.conversion
     assert conv is not None and conv.store, "render_conversion_job needs spec.conversion with a store"
     labels = {**common_labels(md, COMPONENT_CONVERTER), LABEL_REVISION: revision}
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    scratch = 2 * conv.source_limit() + SCRATCH_MARGIN
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": f"{scratch // (1 << 20)}Mi"}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     env_from: list[dict[str, Any]] = []
     if conv.store.startswith("s3://"):
@@ -58,14 +76,18 @@ def render_conversion_job(md: ModelDeployment, revision: str, image: str) -> dic
                      for k, q in (("requests", conv.resources.requests), ("limits", conv.resources.limits)) if q}
     container: dict[str, Any] = {
         "name": "converter",
-        "image": image,
+        "image": converter.image,
         "args": [
             "--manifest-json", json.dumps(conversion_request(md), sort_keys=True, separators=(",", ":")),
             *store_args,
             "--source-root", SOURCE_MOUNT,
+            "--confine",
+            "--allowed-modules", ",".join(converter.allowed_modules),
+            "--allowed-cidrs", ",".join(converter.allowed_cidrs),
             "--termination-log", "/dev/termination-log",
         ],
-        "env": [{"name": "HOME", "value": "/tmp"}],
+        # The image recorded in each manifest it writes: which converter made an artifact.
+        "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELYARD_CONVERTER_IMAGE", "value": converter.image}],
         "resources": resources,
         "securityContext": {
             "allowPrivilegeEscalation": False,

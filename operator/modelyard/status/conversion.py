@@ -1,13 +1,23 @@
-"""Read a conversion Job and its pod: running, succeeded with a result, or failed and why."""
+"""Read a conversion Job and its pod: running, succeeded with a result, or failed and why.
+
+The converter's termination message is not trusted (a converter that ran a user's model class could have written
+anything there): a result's key must be a key the converter makes (KEY), and every message passes through the
+redaction before it reaches a condition or an event.
+"""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from modelyard.api.conditions import Reason
+from modelyard.redact import redact_text
 from modelyard.status.revision import pending_problem
+
+KEY = re.compile(r"^[0-9a-f]{20}$")
+"""A converted repository's key: the first 20 hex digits of a sha256 (modelyard.convert.pipeline.Request.key)."""
 
 Obj = dict[str, Any]
 
@@ -68,16 +78,21 @@ def observe_conversion(job: Obj | None, pods: list[Obj]) -> ConversionState:
         if result is None:
             continue
         if result["ok"]:
-            return ConversionState(True, False, Reason.CONVERTED, "", key=str(result["key"]), result=result)
+            key = str(result.get("key"))
+            if not KEY.match(key):
+                return ConversionState(False, True, Reason.CONVERSION_FAILED,
+                                       f"Job {name}'s result names the key {redact_text(key[:40])!r}, which is not a "
+                                       "key the converter makes (20 hex digits): it is not served", result=None)
+            return ConversionState(True, False, Reason.CONVERTED, "", key=key, result=_redacted(result))
         reason = _FAILURE_REASONS.get(str(result.get("reason")), Reason.CONVERSION_FAILED)
-        return ConversionState(False, True, reason, str(result.get("message", "")), result=result)
+        return ConversionState(False, True, reason, redact_text(str(result.get("message", ""))), result=result)
     failed = _job_condition(job, "Failed")
     if failed:
         last = finished[-1] if finished else None
         words = ""
         if last:
             term = _terminated(last) or {}
-            words = f"; exit code {term.get('exitCode')}: {str(term.get('message', '')).strip()[-500:]}"
+            words = f"; exit code {term.get('exitCode')}: {redact_text(str(term.get('message', '')).strip()[-500:])}"
         return ConversionState(False, True, Reason.CONVERSION_FAILED,
                                f"Job {name} failed ({failed.get('reason')}: {failed.get('message', '')}){words}")
     if _job_condition(job, "Complete"):
@@ -89,9 +104,22 @@ def observe_conversion(job: Obj | None, pods: list[Obj]) -> ConversionState:
     return ConversionState(False, False, Reason.CONVERTING, f"Job {name} is running the converter")
 
 
+def _redacted(value: Any) -> Any:
+    """Every string of a result redacted (it is shown in conditions)."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
+
+
 def describe_artifact(result: Obj) -> str:
     art = result.get("artifact", {})
-    reused = " (reused: converted before)" if result.get("reused") else ""
+    reused = " (reused: converted before, verified)" if result.get("reused") else ""
+    if result.get("replaced"):
+        reused = f" ({result['replaced']})"
     digest = str(art.get("sha256", ""))[:12]
     return f"{art.get('path')} sha256:{digest} {art.get('bytes')} bytes, key {result.get('key')}{reused}"
 

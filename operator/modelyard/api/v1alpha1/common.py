@@ -53,6 +53,16 @@ Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN, max_length=64)]
 
 _QUANTITIES = " Values are Kubernetes quantities: 500m, 2, 4Gi."
 
+BYTE_SIZE_PATTERN = r"^[1-9][0-9]{0,12}(Ki|Mi|Gi|Ti)?$"
+"""A size in bytes, with a binary suffix or none: 512Mi, 20Gi, 1048576."""
+_BINARY = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """A BYTE_SIZE_PATTERN size in bytes."""
+    unit = text[-2:] if text[-2:] in _BINARY else ""
+    return int(text[: len(text) - len(unit)]) * _BINARY.get(unit, 1)
+
 
 class ResourceRequirements(Spec):
     requests: dict[str, Quantity] | None = Field(

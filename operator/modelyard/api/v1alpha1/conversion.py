@@ -10,8 +10,17 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import Field
+from pydantic.config import JsonDict
 
-from modelyard.api.v1alpha1.common import ResourceRequirements, SecretReference, Spec, Toleration, cel
+from modelyard.api.v1alpha1.common import (
+    BYTE_SIZE_PATTERN,
+    ResourceRequirements,
+    SecretReference,
+    Spec,
+    Toleration,
+    byte_size,
+    cel,
+)
 
 IMPORTABLE = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 """module:Name, as Python imports it (modelClass, kerasCustomObjects)."""
@@ -56,6 +65,10 @@ DEFAULT_TOLERANCE: dict[Precision, tuple[float, float]] = {
 spread is the standard deviation of the source's output over the samples (an absolute atol set in the spec
 replaces atol * spread)."""
 
+DEFAULT_MAX_SOURCE_SIZE = "20Gi"
+DEFAULT_MAX_SAMPLES_SIZE = "1Gi"
+"""Unset (so that a new field does not roll every converted model to a new revision), these apply."""
+
 DEFAULT_MIN_TOP1 = {Precision.FP32: 1.0, Precision.FP16: 0.99, Precision.INT8: 0.99}
 
 DEFAULT_RMS = {Precision.FP32: 1e-4, Precision.FP16: 1e-2, Precision.INT8: 1e-1}
@@ -92,15 +105,39 @@ class Tolerance(Spec):
     )
 
 
+SAMPLES_PATH_RULES: JsonDict = {"x-kubernetes-validations": [cel(
+    "self.matches('^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?)?/') && !self.matches('[[:cntrl:]]') && "
+    "!self.matches('(^|/)\\.\\.(/|$)')",
+    "a samples file is pvc://<claim>/<path> (the source's claim) or an absolute path under the source's mount "
+    "(/mnt/source/...), without '..' segments or control characters",
+)]}
+
+
 class Samples(Spec):
+    model_config = Spec.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel("self.intRange[0] < self.intRange[1]",
+                    "conversion.samples.intRange is [low, high) with low < high, such as [0, 30522]"),
+                cel("!has(self.intRanges) || self.intRanges.all(k, self.intRanges[k][0] < self.intRanges[k][1])",
+                    "each conversion.samples.intRanges entry is [low, high) with low < high"),
+            ]
+        }
+    }
+
     uri: str | None = Field(
         default=None,
+        max_length=1024,
         description="An .npz file with one array per input name (first axis: samples); generated from the "
-        "signature when unset. With int8 static and no calibrationUri, its first quarter calibrates and the rest "
+        "signature when unset. In the conversion Job it is read from the source's claim only: pvc://<claim>/<path> "
+        "or /mnt/source/<path>. With int8 static and no calibrationUri, its first quarter calibrates and the rest "
         "validates, so no sample does both.",
+        json_schema_extra=SAMPLES_PATH_RULES,
     )
     calibration_uri: str | None = Field(
-        default=None, description="An .npz file like uri, for INT8 calibration only (the user's own data).",
+        default=None, max_length=1024,
+        description="An .npz file like uri, for INT8 calibration only (the user's own data).",
+        json_schema_extra=SAMPLES_PATH_RULES,
     )
     count: int = Field(
         default=128, ge=1, le=4096,
@@ -110,7 +147,8 @@ class Samples(Spec):
         default=64, ge=1, le=4096,
         description="How many INT8 calibration samples to generate, drawn apart from the validation samples.",
     )
-    seed: int = Field(default=0, description="Seed for generated samples, so a conversion is repeatable.")
+    seed: int = Field(default=0, ge=0, le=2**63 - 1,
+                      description="Seed for generated samples, so a conversion is repeatable.")
     int_range: list[int] = Field(
         default=[0, 100],
         min_length=2,
@@ -199,6 +237,21 @@ class Conversion(Spec):
     timeout_seconds: int = Field(
         default=3600, ge=60, le=86400, description="The conversion Job's activeDeadlineSeconds."
     )
+    max_source_size: str | None = Field(
+        default=None,
+        pattern=BYTE_SIZE_PATTERN,
+        max_length=16,
+        description="The most the source may hold (all its files); default 20Gi. A larger one is refused as it "
+        "streams (SourceRefused, with the size). The converter's scratch volume (/tmp) is sized from it: twice "
+        "this plus 1Gi, room for the source and what is made of it.",
+    )
+    max_samples_size: str | None = Field(
+        default=None,
+        pattern=BYTE_SIZE_PATTERN,
+        max_length=16,
+        description="The most a samples file (samples.uri, samples.calibrationUri) may unpack to; default 1Gi. It "
+        "is read from the archive before any array is: a small .npz that inflates to many GiB is refused, not loaded.",
+    )
     resources: ResourceRequirements | None = Field(
         default=None, description="CPU and memory for the converter container (default 1 CPU, 4Gi)."
     )
@@ -229,6 +282,14 @@ class Conversion(Spec):
         "registered name too. Safe mode stays on: a Lambda layer's code is never run. Their code must be in the "
         "converter image (docs/conversion.md).",
     )
+
+    def source_limit(self) -> int:
+        """maxSourceSize in bytes."""
+        return byte_size(self.max_source_size or DEFAULT_MAX_SOURCE_SIZE)
+
+    def samples_limit(self) -> int:
+        """maxSamplesSize in bytes."""
+        return byte_size(self.max_samples_size or DEFAULT_MAX_SAMPLES_SIZE)
 
     def min_top1(self) -> float:
         if self.tolerance.min_top1_agreement is not None:

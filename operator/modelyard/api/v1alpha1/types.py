@@ -123,13 +123,19 @@ class ModelSource(Spec):
                     "'.' and '-'",
                 ),
                 cel(
+                    "!self.uri.matches('^https?://[^/]*@')",
+                    "an http(s):// model.uri may not carry credentials (user:password@): every reader of the "
+                    "ModelDeployment would see them; use an s3:// source with model.credentialsSecretRef",
+                ),
+                cel(
                     "!self.uri.matches('^https?://') || isURL(self.uri)",
                     "an http(s):// model.uri must be a URL such as https://host/path/model.onnx",
                 ),
                 cel(
-                    "!self.uri.startsWith('pvc://') || !has(self.credentialsSecretRef)",
-                    "model.credentialsSecretRef applies to s3:// and http(s):// sources; "
-                    "a pvc:// source is read through the volume mount",
+                    "!has(self.credentialsSecretRef) || self.uri.startsWith('s3://')",
+                    "model.credentialsSecretRef applies to s3:// sources only: a pvc:// source is read through the "
+                    "volume mount and an http(s):// source without credentials (a Secret named here would be "
+                    "handed to the converter for nothing)",
                 ),
             ]
         }
@@ -150,8 +156,8 @@ class ModelSource(Spec):
     credentials_secret_ref: SecretReference | None = Field(
         default=None,
         description=(
-            "Secret with the credentials to read the source. For s3:// it holds AWS_ACCESS_KEY_ID, "
-            "AWS_SECRET_ACCESS_KEY and optionally AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL."
+            "Secret with the credentials to read an s3:// source: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and "
+            "optionally AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL."
         ),
     )
     signature: ModelSignature | None = Field(
