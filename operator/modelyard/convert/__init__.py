@@ -4,4 +4,6 @@ Needs the `converter` extra (torch, onnx, onnxruntime, tritonclient). The operat
 (import-linter enforces it): its image carries no torch.
 """
 
-CONVERTER_VERSION = "0.1.0"
+CONVERTER_VERSION = "0.2.0"
+"""Part of every key: a repository converted by an earlier converter (whose manifest lists no file digests) is
+converted again, not reused."""
