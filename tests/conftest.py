@@ -43,3 +43,8 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
     yield name
     # A test may have deleted it already (test_a_terminating_namespace_...): gone is what teardown wants.
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The RBAC audit (tests/rbac) judges the whole session's audit log: it runs after everything else."""
+    items.sort(key=lambda item: "tests/rbac/" in str(item.path).replace("\\", "/"))

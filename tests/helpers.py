@@ -117,6 +117,26 @@ def serving_directory(directory: Path) -> contextlib.AbstractContextManager[str]
 
 
 @contextmanager
+def operator_watching(kubeconfig: Path, namespace: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The operator process (python -m modelyard) as the user of `kubeconfig`, watching one namespace and resyncing
+    every second, while the block runs; its output goes to `log`."""
+    import sys
+
+    from localcluster import free_port
+
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "MODELYARD_RESYNC_SECONDS": "1",
+           "MODELYARD_METRICS_PORT": str(free_port())}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "modelyard", "--liveness=", f"--namespace={namespace}"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@contextmanager
 def moto_s3(log_dir: Path) -> Iterator[str]:
     """A real S3-compatible server process (moto's server mode) on loopback while the block runs, with the AWS_*
     variables of this process pointing at it; yields its endpoint. Not a mock: boto3 talks HTTP to it."""

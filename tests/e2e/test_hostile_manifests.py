@@ -104,7 +104,19 @@ HOSTILE: list[tuple[str, Any]] = [
         {"store": "pvc://s/x", "modelClass": "__import__('os'):x"}, {"store": "s3://bucket/x",
                                                                       "storeCredentialsSecretRef": {"name": "nope"}},
         {"store": "pvc://s/x", "resources": {"limits": {"memory": "a lot"}}},
+        # untrusted input (docs/security.md)
+        {"store": "pvc://s/x", "modelClass": "os:system"}, {"store": "pvc://s/x", "modelClass": "builtins:exec",
+                                                            "modelClassArgs": {"source": "import os"}},
+        {"store": "pvc://s/x", "kerasCustomObjects": ["subprocess:Popen"]},
+        {"store": "pvc://s/x", "samples": {"intRange": [10, 5]}}, {"store": "pvc://s/x", "samples": {"seed": -1}},
+        {"store": "pvc://s/x", "samples": {"intRanges": {"ids": [5, 5]}}},
+        {"store": "pvc://s/x", "samples": {"uri": "/mnt/source/../../proc/self/environ"}},
+        {"store": "pvc://s/x", "samples": {"uri": "relative.npz"}},
+        {"store": "pvc://s/x", "samples": {"calibrationUri": "pvc://claim/a\nb"}},
+        {"store": "pvc://s/x", "maxSourceSize": "lots"}, {"store": "pvc://s/x", "maxSamplesSize": "-1Gi"},
     ]],
+    ("spec.model", {"uri": "https://user:password@host/m.onnx", "format": "onnx"}),
+    ("spec.model", {"uri": "https://host/m.onnx", "format": "onnx", "credentialsSecretRef": {"name": "s"}}),
     # rollout and traffic
     *[("spec.rollout", v) for v in [
         {"strategy": "canary"}, {"strategy": "rolling"}, {"canary": {"steps": []}},

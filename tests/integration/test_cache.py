@@ -111,3 +111,23 @@ def test_what_the_operator_deletes_leaves_the_cache_at_once_and_stays_gone(
     assert kube.caches.stores[SERVICES].get(namespace, "gone") is None
     time.sleep(2)  # the watch's MODIFIED/DELETED copies arrive meanwhile
     assert kube.caches.stores[SERVICES].get(namespace, "gone") is None
+
+
+def test_a_read_the_cache_cannot_answer_yet_goes_to_the_api_server(
+    cluster: LocalCluster, namespace: str
+) -> None:
+    """Until a kind's informers have listed, CachedKube asks the API server (as the operator, under the chart's
+    rules): the handler's read of a model right after start-up gets the object, not None."""
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(model_deployment("early", namespace)))
+    api = load_api_client(str(cluster.operator_kubeconfig))
+    for _ in range(5):  # the informer's first list may win the race on a fast machine: then try again
+        caches = Caches(api, [namespace])  # not started: the first read starts the informer, it has not listed
+        try:
+            mark = len(cluster.audit_events())
+            body = CachedKube(api, "modelyard-operator", caches).get(MODEL_DEPLOYMENTS, namespace, "early")
+            assert body is not None and body["metadata"]["name"] == "early"
+            if any(r.startswith("get ") for r in operator_requests(cluster, mark, namespace)):
+                return
+        finally:
+            caches.stop()
+    raise AssertionError("in 5 tries the cache always answered first: the fallback read was never made")

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conversion_support import converting, store
-from helpers import model_deployment, wait_for
+from helpers import model_deployment, operator_watching, wait_for
 from localcluster import ROOT, LocalCluster, find_helm
 from modelyard.api.v1alpha1 import ModelDeployment
 from modelyard.kube.client import MODEL_DEPLOYMENTS, Kube
@@ -129,3 +130,62 @@ def test_two_releases_install_and_every_pod_passes_pod_security_restricted(
         helm("uninstall", "first", "--namespace", namespace, check=False)
         helm("uninstall", "second", "--namespace", other, check=False)
         cluster.kubectl("delete", "namespace", other, "--wait=false", "--ignore-not-found")
+
+
+def test_a_namespaced_install_serves_its_namespace_and_can_reach_no_other(
+    cluster: LocalCluster, helm: Helm, admin: Kube, namespace: str
+) -> None:
+    """rbac.scope namespaced: a Role per watched namespace and no ClusterRole. The operator process runs as the
+    chart's own ServiceAccount (a token the API server issued for it): the watched namespace's model is served,
+    the unwatched one's is not touched, no request of the operator's is refused, and the ServiceAccount can do
+    nothing outside the watched namespace."""
+    watched, unwatched = f"{namespace}-w", f"{namespace}-u"
+    for ns in (watched, unwatched):
+        cluster.kubectl("create", "namespace", ns)
+    release = "scoped"
+    try:
+        # The chart's pods go to kwok (nothing runs them): the operator runs here as a process, with the chart's
+        # identity.
+        helm("install", release, str(CHART), "--namespace", namespace, "--set", "rbac.scope=namespaced",
+             "--set", f"watchNamespaces[0]={watched}", "--set", "nodeSelector.type=kwok", "--set", "replicaCount=1",
+             "--set", "leaderElection.enabled=false", "--set", "podDisruptionBudget.enabled=false")
+        fullname = f"{release}-modelyard"
+        assert cluster.kubectl("get", "clusterrole", fullname, check=False).returncode != 0, "a ClusterRole was made"
+        assert cluster.kubectl("get", "role", fullname, "-n", watched, check=False).returncode == 0
+        user = f"system:serviceaccount:{namespace}:{fullname}"
+        for verb, what, ns, allowed in [("list", "deployments", watched, "yes"), ("patch", "services", watched, "yes"),
+                                        ("get", "secrets", watched, "yes"), ("list", "secrets", watched, "no"),
+                                        ("get", "deployments", unwatched, "no"), ("get", "secrets", unwatched, "no"),
+                                        ("create", "jobs", unwatched, "no"), ("list", "modeldeployments.modelyard.dev",
+                                                                             unwatched, "no")]:
+            answer = cluster.kubectl("auth", "can-i", verb, what, "-n", ns, f"--as={user}", check=False).stdout.strip()
+            assert answer == allowed, f"{user} can {verb} {what} in {ns}: {answer}, should be {allowed}"
+
+        token = cluster.kubectl("create", "token", fullname, "-n", namespace, "--duration=1h").stdout.strip()
+        config = yaml.safe_load(cluster.kubeconfig.read_text())
+        config["users"] = [{"name": fullname, "user": {"token": token}}]
+        config["contexts"][0]["context"]["user"] = fullname
+        kubeconfig = cluster.workdir / f"{fullname}.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump(config))
+        for ns in (watched, unwatched):
+            cluster.kubectl("apply", "-f", "-", input=json.dumps(model_deployment("scoped", ns)))
+        mark = len(cluster.audit_events())
+        log = cluster.workdir / "logs" / f"operator-{fullname}.log"
+        with operator_watching(kubeconfig, watched, log) as proc:
+            wait_for("the watched namespace's model to be Ready", lambda: cluster.kubectl(
+                "get", "mdep", "-n", watched, "scoped", "-o", "jsonpath={.status.conditions[0].status}",
+                check=False).stdout == "True", timeout=90)
+            time.sleep(3)  # a few resyncs
+            assert proc.poll() is None, log.read_text()[-3000:]
+        untouched = admin.get(MODEL_DEPLOYMENTS, unwatched, "scoped") or {}
+        assert untouched.get("status") == {"observedGeneration": 0}, untouched.get("status")
+        events = [e for e in cluster.audit_events()[mark:] if e.get("user", {}).get("username") == user]
+        assert events, "the audit log shows no request of the ServiceAccount's"
+        refused = sorted({f"{e['verb']} {e['requestURI'].split('?')[0]}" for e in events
+                          if e.get("annotations", {}).get("authorization.k8s.io/decision") == "forbid"})
+        assert not refused, f"requests refused under the namespaced Role: {refused}"
+        assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+    finally:
+        helm("uninstall", release, "--namespace", namespace, check=False)
+        for ns in (watched, unwatched):
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found")

@@ -4,17 +4,14 @@ the periodic resync. The operator process runs here (this tier runs no other ope
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 import uuid
 
 import pytest
 
-from helpers import model_deployment, wait_for
-from localcluster import LocalCluster, free_port
+from helpers import model_deployment, operator_watching, wait_for
+from localcluster import LocalCluster
 from modelyard.kube.client import DEPLOYMENTS, MODEL_DEPLOYMENTS, Kube
 
 pytestmark = pytest.mark.integration
@@ -29,21 +26,13 @@ def test_an_operator_watching_one_namespace_leaves_the_others_alone(
         for ns in (namespace, other):
             cluster.kubectl("apply", "-f", "-", input=json.dumps(model_deployment("scoped", ns)))
         mark = len(cluster.audit_events())
-        env = {**os.environ, "KUBECONFIG": str(cluster.operator_kubeconfig), "MODELYARD_RESYNC_SECONDS": "1",
-               "MODELYARD_METRICS_PORT": str(free_port())}
         log = cluster.workdir / "logs" / f"operator-{namespace}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "modelyard", "--liveness=", f"--namespace={namespace}"],
-                                    env=env, stdout=out, stderr=subprocess.STDOUT)
-        try:
+        with operator_watching(cluster.operator_kubeconfig, namespace, log) as proc:
             wait_for("the watched model to be Ready", lambda: cluster.kubectl(
                 "get", "mdep", "-n", namespace, "scoped", "-o", "jsonpath={.status.conditions[0].status}",
                 check=False).stdout == "True", timeout=90)
             time.sleep(4)  # several resyncs
             assert proc.poll() is None, log.read_text()[-3000:]
-        finally:
-            proc.terminate()
-            proc.wait(timeout=20)
         untouched = admin.get(MODEL_DEPLOYMENTS, other, "scoped") or {}
         # Only the CRD's default (observedGeneration 0: nobody has reported on it), no word of the operator's.
         assert untouched.get("status") == {"observedGeneration": 0}, untouched.get("status")

@@ -161,6 +161,14 @@ def test_the_hpa_engine_makes_an_hpa_and_mirrors_what_the_hpa_controller_says(
     assert active["reason"] == "FailedGetExternalMetric", active
     assert "modelyard_triton_inference_rate" in active["message"]
 
+    # spec.scaling removed: the operator deletes the HPA it made.
+    manifest = _scaled("hpa", namespace, replicas_wanted=0, engine="hpa", minReplicas=2)
+    del manifest["spec"]["scaling"]
+    manifest["spec"]["serving"]["replicas"] = 2
+    _apply(cluster, manifest)
+    wait_for("the HPA to be deleted", lambda: (_reconcile(cluster, admin, operator_kube, namespace, "hpa")
+                                               and admin.get(HPAS, namespace, "hpa") is None) or None, timeout=60)
+
 
 def test_keda_without_a_prometheus_address_is_a_condition_that_says_which_setting(
     cluster: LocalCluster, admin: Kube, operator_kube: Kube, namespace: str

@@ -96,3 +96,22 @@ def test_redact_text_blanks_known_secrets_and_every_url() -> None:
                                             ("4096Ki", 4 << 20)])
 def test_byte_size(text: str, size: int) -> None:
     assert byte_size(text) == size
+
+
+def test_no_pod_the_operator_creates_gets_a_service_account_token() -> None:
+    """Converter and Triton pods run code near untrusted model files: neither gets an API token to use."""
+    from pathlib import Path
+
+    import yaml
+
+    from modelyard.cli import render_manifest
+
+    examples = sorted(Path(__file__).resolve().parents[2].glob("examples/**/*.yaml"))
+    pods = [child for path in examples for doc in yaml.safe_load_all(path.read_text())
+            if doc and doc.get("kind") == "ModelDeployment" for child in render_manifest(doc)
+            if child["kind"] in ("Job", "Deployment")]
+    assert {p["kind"] for p in pods} == {"Job", "Deployment"}
+    for pod in pods:
+        spec = pod["spec"]["template"]["spec"]
+        assert spec["automountServiceAccountToken"] is False, pod["metadata"]["name"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, pod["metadata"]["name"]

@@ -103,7 +103,8 @@ def _constraints(node: dict[str, Any]) -> str:
     for key, label in (("minimum", ">="), ("maximum", "<="), ("minItems", "items >="), ("maxItems", "items <="),
                        ("maxLength", "length <=")):
         if key in node:
-            parts.append(f"{label} {node[key]}")
+            exclusive = node.get(f"exclusive{key[0].upper()}{key[1:]}") is True  # exclusiveMinimum: > not >=
+            parts.append(f"{label.rstrip('=') if exclusive else label} {node[key]}")
     if node.get("x-kubernetes-list-map-keys"):
         parts.append("unique by " + ", ".join(node["x-kubernetes-list-map-keys"]))
     return "; ".join(parts)

@@ -107,7 +107,7 @@ class Tolerance(Spec):
 
 SAMPLES_PATH_RULES: JsonDict = {"x-kubernetes-validations": [cel(
     "self.matches('^(pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?)?/') && !self.matches('[[:cntrl:]]') && "
-    "!self.matches('(^|/)\\.\\.(/|$)')",
+    "!self.matches('(^|/)[.][.](/|$)')",
     "a samples file is pvc://<claim>/<path> (the source's claim) or an absolute path under the source's mount "
     "(/mnt/source/...), without '..' segments or control characters",
 )]}
@@ -147,7 +147,7 @@ class Samples(Spec):
         default=64, ge=1, le=4096,
         description="How many INT8 calibration samples to generate, drawn apart from the validation samples.",
     )
-    seed: int = Field(default=0, ge=0, le=2**63 - 1,
+    seed: int = Field(default=0, ge=0, le=2**32 - 1,
                       description="Seed for generated samples, so a conversion is repeatable.")
     int_range: list[int] = Field(
         default=[0, 100],
