@@ -115,3 +115,19 @@ def test_no_pod_the_operator_creates_gets_a_service_account_token() -> None:
         spec = pod["spec"]["template"]["spec"]
         assert spec["automountServiceAccountToken"] is False, pod["metadata"]["name"]
         assert spec["securityContext"]["runAsNonRoot"] is True, pod["metadata"]["name"]
+
+
+def test_a_source_secret_reaches_the_converter_only_where_its_scheme_reads_it() -> None:
+    """Admission refuses credentialsSecretRef beside anything but s3:// now; an object admitted before still never
+    hands its Secret to the converter of an http(s) source."""
+    from modelyard.cli import render_manifest
+
+    doc = {"apiVersion": "modelyard.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
+           "spec": {"model": {"uri": "https://models.example.com/m.onnx", "format": "onnx",
+                              "credentialsSecretRef": {"name": "team-secrets"}},
+                    "serving": {"gpus": 0}, "conversion": {"store": "pvc://store/converted"}}}
+    job = render_manifest(doc)[0]
+    assert job["kind"] == "Job" and "team-secrets" not in json.dumps(job)
+    doc["spec"]["model"]["uri"] = "s3://models/m.onnx"
+    job = render_manifest(doc)[0]
+    assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "team-secrets"}}]

@@ -103,7 +103,9 @@ def render_conversion_job(md: ModelDeployment, revision: str, converter: Convert
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
-    if md.spec.model.credentials_secret_ref:
+    if md.spec.model.credentials_secret_ref and source.startswith("s3://"):
+        # Only where the scheme reads credentials: a Secret named beside another scheme (admission refuses that
+        # since it was allowed, but an old object may still say it) is never handed to the converter.
         env_from.insert(0, {"secretRef": {"name": md.spec.model.credentials_secret_ref.name}})
     if env_from:
         container["envFrom"] = env_from
