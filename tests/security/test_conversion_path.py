@@ -20,6 +20,7 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
+import torch
 import yaml
 
 import hostile_models as hm
@@ -88,6 +89,8 @@ CODE_CASES = [
      "torchscript", "SourceRefused", ["aten::save"]),
     ("keras lambda", lambda d, m: hm.keras_lambda(d / "l.keras", m), "keras", "SourceRefused",
      ["holds Python code"]),
+    ("keras h5 lambda", lambda d, m: hm.keras_lambda(d / "l.h5", m), "keras", "SourceRefused",
+     ["holds Python code"]),
 ]
 
 
@@ -96,6 +99,14 @@ def test_no_code_from_a_model_file(tmp_path: Path, marker: Path, case: str, make
                                    words: list[str]) -> None:
     path = make(tmp_path, marker)
     refused(request(str(path), fmt, None if fmt == "keras" else SIG), tmp_path, reason, *words)
+
+
+def test_a_state_dict_with_a_payload_is_not_unpickled(tmp_path: Path, marker: Path) -> None:
+    """format pytorch with an allowed modelClass: the file must be a plain state_dict (weights-only load)."""
+    path = tmp_path / "weights.pth"
+    torch.save({"linear.weight": hm.Payload(marker)}, path)
+    refused(request(str(path), "pytorch", SIG, {"modelClass": "hostile_models:Affine"},
+                    Policy(allowed_modules=("hostile_models",))), tmp_path, "SourceRefused", "not a plain state_dict")
 
 
 @pytest.mark.parametrize("make", [hm.pt2_pickled_constant, hm.pt2_sample_inputs,
