@@ -95,3 +95,39 @@ def test_int8_that_would_leave_most_weights_float_is_refused_not_labelled_int8(t
     dynamic = Conversion.model_validate({"precision": "int8", "int8Mode": "dynamic", "tolerance": {"atol": 1.0}})
     manifest = convert(Request("lstm", src, dynamic, CPU), tmp_path / "store")
     assert manifest["int8"]["weightShareInt8"] > 0.9 and manifest["int8"]["mode"] == "dynamic"
+
+
+class TwoLayers(torch.nn.Module):
+    """Two weighted nodes of very different sizes: keeping either in fp32 leaves under half the weights int8, or
+    keeping both leaves none."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = torch.nn.Linear(64, 256)
+        self.head = torch.nn.Linear(256, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.wide(x)))
+
+
+TWO_LAYERS_SIGNATURE = {"inputs": [{"name": "x", "dataType": "FP32", "shape": [64]}],
+                        "outputs": [{"name": "y", "dataType": "FP32", "shape": [4]}]}
+
+
+def test_the_fallback_never_publishes_int8_below_the_int8_weight_share(tmp_path: Path) -> None:
+    """A tolerance no int8 holds: the fallback would end keeping every node in fp32 and call that int8 (share 0.0,
+    1.0x the size). It stops at the share floor instead, and the conversion is refused with the reason."""
+    from modelyard.convert.quantize import MIN_QUANTIZED_SHARE
+
+    torch.manual_seed(0)
+    path = tmp_path / "two.pt"
+    torch.jit.save(torch.jit.script(TwoLayers().eval()), str(path))
+    src = ModelSource.model_validate(source(str(path), "torchscript", TWO_LAYERS_SIGNATURE))
+    strict = Conversion.model_validate({"precision": "int8", "int8Mode": "dynamic", "int8FallbackAttempts": 4,
+                                        "tolerance": {"atol": 1e-7, "rtol": 0.0}})
+    with pytest.raises(ValidationFailed, match=r"the fallback stopped: keeping \d nodes? in fp32 would leave \d+% of "
+                       r"the weights in int8, under the 50% an int8 artifact must have") as err:
+        convert(Request("two", src, strict, CPU), tmp_path / "store")
+    assert MIN_QUANTIZED_SHARE == 0.5
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir()), "an int8 was published"
+    print(err.value.message)

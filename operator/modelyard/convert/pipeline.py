@@ -285,9 +285,12 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
 def _fallback_story(int8: Int8Result) -> str:
     tried = ", ".join(f"{len(a.kept_float)} node{'s' if len(a.kept_float) != 1 else ''} kept in fp32"
                       for a in int8.attempts[1:])
+    stopped = f"; the fallback stopped: {int8.stopped}" if int8.stopped else ""
+    if not tried and stopped:
+        return f" (plain int8 failed{stopped}. Use fp16, or give calibration samples from real data)"
     if not tried:
         return " (int8FallbackAttempts is 0: no node was kept in fp32)"
-    return (f" (after plain int8 failed, the fallback tried {tried}; the last kept {int8.kept_float[:8]} at "
+    return (f" (after plain int8 failed, the fallback tried {tried}{stopped}; the last kept {int8.kept_float[:8]} at "
             f"{int8.size_ratio:.0%} of the fp32 size. This model does not hold the tolerance in int8: use fp16, "
             "give calibration samples from real data (conversion.samples.calibrationUri), or allow more attempts)")
 

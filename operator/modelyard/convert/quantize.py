@@ -26,7 +26,8 @@ Feed = dict[str, NDArray[Any]]
 PER_CHANNEL_DYNAMIC = False
 MIN_QUANTIZED_SHARE = 0.5
 """Below this share of the weight bytes in int8, the artifact is not called int8 (static QDQ leaves LSTMs, for
-one, in float): the request is refused with what would have been quantized."""
+one, in float): the request is refused with what would have been quantized, and the fallback stops before it
+keeps so many nodes in fp32 that the share falls under it (a model it would have to keep all fp32 is not int8)."""
 
 
 @dataclass
@@ -51,6 +52,8 @@ class Int8Result:
     size_ratio: float
     """Artifact bytes over the fp32 model's bytes."""
     attempts: list[Attempt] = field(default_factory=list)
+    stopped: str | None = None
+    """Why the fallback stopped before its attempts ran out (the int8 share floor), if it did."""
     sensitivity: list[tuple[str, float | None]] = field(default_factory=list)
     """The fallback's ranking, most sensitive first: each node with the output error (rms over the spread, summed
     over the outputs and calibration feeds) of the model quantized with that node alone kept in fp32; None for the
@@ -114,14 +117,26 @@ def quantize(source: Path, out: Path, mode: Int8Mode, method: Calibration, calib
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if mode == Int8Mode.DYNAMIC:
+        # The dynamic quantizer turns a Gemm into <name>_MatMul + <name>_Add before it excludes by name: a Gemm
+        # kept in fp32 is named both ways, or it is quantized all the same.
+        names = [*exclude, *(f"{n}{GEMM_AS_MATMUL}" for n in exclude)]
         quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=PER_CHANNEL_DYNAMIC,
-                         nodes_to_exclude=exclude or None)
+                         nodes_to_exclude=names or None)
         return
     methods = {Calibration.MINMAX: CalibrationMethod.MinMax, Calibration.PERCENTILE: CalibrationMethod.Percentile,
                Calibration.ENTROPY: CalibrationMethod.Entropy}
     quantize_static(str(source), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     calibrate_method=methods[method], nodes_to_exclude=exclude or None)
+
+
+GEMM_AS_MATMUL = "_MatMul"
+
+
+def _as_before(name: str, before: dict[str, int]) -> str:
+    """A node of the quantized model by its name in the float one (the dynamic quantizer renames a Gemm)."""
+    base = name.removesuffix(GEMM_AS_MATMUL)
+    return base if base != name and base in before else name
 
 
 MAX_MEASURED = 48
@@ -205,7 +220,7 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
                     break  # nothing more to keep in fp32
                 kept = wanted
             quantize(prepared, candidate, mode, method, calibration, kept)
-            left = weighted_nodes(candidate)
+            left = {_as_before(n, before): size for n, size in weighted_nodes(candidate).items()}
             float_bytes = sum(left.values())
             share = 1 - float_bytes / total
             if not attempt and share < MIN_QUANTIZED_SHARE:
@@ -213,11 +228,17 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
                     f"int8 {mode} would quantize {share:.0%} of the model's weights: the quantizer leaves "
                     f"{sorted(left)[:8]} in float. Use int8Mode {'static' if mode == Int8Mode.DYNAMIC else 'dynamic'}"
                     " or precision fp16")
+            if share < MIN_QUANTIZED_SHARE:  # checked on the result: never int8 in name only
+                assert result is not None
+                nodes = f"{len(kept)} node{'s' if len(kept) != 1 else ''}"
+                result.stopped = (f"keeping {nodes} in fp32 would leave {share:.0%} of the weights in int8, "
+                                  f"under the {MIN_QUANTIZED_SHARE:.0%} an int8 artifact must have")
+                break
             passed, summary, top1 = check(candidate)
             attempts.append(Attempt(list(kept), passed, candidate.stat().st_size, summary, top1))
             result = Int8Result(str(mode), str(method) if mode == Int8Mode.STATIC else None,
                                 sorted(n for n in before if n not in left), sorted(set(left) | set(kept)), share,
-                                candidate.stat().st_size / fp32_bytes, attempts, ranking or [])
+                                candidate.stat().st_size / fp32_bytes, attempts, sensitivity=ranking or [])
             if passed:
                 break
         assert result is not None
