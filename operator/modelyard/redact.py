@@ -23,6 +23,10 @@ _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>()\[\]{}\\]+")
 _USERINFO = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
 """`scheme://` and everything up to the last `@` of the authority: a password may hold any character but `/`."""
 
+_TERMINAL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+"""Terminal escape sequences (colours, cursor moves) and control characters other than newline and tab: a library's
+coloured error text (torch prints bold advice) reaches a condition as plain words."""
+
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 """Environment variables whose values are credentials (also with the store's STORE_ prefix)."""
 
@@ -61,8 +65,8 @@ def redact_value(value: Any, secrets: Iterable[str] = ()) -> Any:
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """Free text with every URL in it redacted and every known secret value blanked."""
-    out = _URL.sub(lambda m: redact_url(m.group(0)), _USERINFO.sub(r"\1", text))
+    """Free text with every URL in it redacted, every known secret value blanked, and no terminal escape codes."""
+    out = _URL.sub(lambda m: redact_url(m.group(0)), _USERINFO.sub(r"\1", _TERMINAL.sub("", text)))
     for secret in secrets:
         if secret:
             out = out.replace(secret, HIDDEN)

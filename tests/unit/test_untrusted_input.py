@@ -132,3 +132,12 @@ def test_a_source_secret_reaches_the_converter_only_where_its_scheme_reads_it() 
     doc["spec"]["model"]["uri"] = "s3://models/m.onnx"
     job = render_manifest(doc)[0]
     assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "team-secrets"}}]
+
+
+def test_messages_carry_no_terminal_escape_codes() -> None:
+    """torch's errors come with bold advice (ESC[1m): a condition shows the words alone."""
+    text = "Weights only load failed. \x1b[1mdo those steps only if you trust the source\x1b[0m.\x07\nnext line\tok"
+    assert redact_text(text) == "Weights only load failed. do those steps only if you trust the source.\nnext line\tok"
+    state = observe_conversion(*_job_with_result({"ok": False, "reason": "ConversionFailed",
+                                                  "message": "export failed: \x1b[31mred\x1b[0m"}))
+    assert state.message == "export failed: red"
