@@ -66,25 +66,23 @@ def exported(path: Path) -> Path:
 
 def pt2_pickled_constant(d: Path, marker: Path) -> Path:
     """A .pt2 whose constant is 'pickled' (its config says use_pickle) and is the payload."""
-    def change(top: str, m: dict[str, bytes]) -> None:
-        name = f"{top}/data/constants/model_constants_config.json"
-        config = json.loads(m[name])
-        for entry in config["config"].values():
-            entry["use_pickle"] = True
-            m[f"{top}/data/constants/{entry['path_name']}"] = _pickled(marker)
-        m[name] = json.dumps(config).encode()
-    return _rewrite(exported(d / "clean.pt2"), d / "constant.pt2", change)
+    return _rewrite(exported(d / "clean.pt2"), d / "constant.pt2", _pickle_payload("constants", marker))
 
 
 def pt2_pickled_weight(d: Path, marker: Path) -> Path:
+    return _rewrite(exported(d / "clean.pt2"), d / "weight.pt2", _pickle_payload("weights", marker))
+
+
+def _pickle_payload(kind: str, marker: Path) -> Callable[[str, dict[str, bytes]], None]:
+    """An archive change: the first entry of data/<kind>/ is marked use_pickle and replaced by the payload."""
     def change(top: str, m: dict[str, bytes]) -> None:
-        name = f"{top}/data/weights/model_weights_config.json"
+        name = f"{top}/data/{kind}/model_{kind}_config.json"
         config = json.loads(m[name])
         entry = next(iter(config["config"].values()))
         entry["use_pickle"] = True
-        m[f"{top}/data/weights/{entry['path_name']}"] = _pickled(marker)
+        m[f"{top}/data/{kind}/{entry['path_name']}"] = _pickled(marker)
         m[name] = json.dumps(config).encode()
-    return _rewrite(exported(d / "clean.pt2"), d / "weight.pt2", change)
+    return change
 
 
 def pt2_sample_inputs(d: Path, marker: Path) -> Path:

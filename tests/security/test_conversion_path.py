@@ -191,20 +191,16 @@ def clean_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return hm.saved_model(tmp_path_factory.mktemp("tf") / "sm", "clean")
 
 
-def test_a_savedmodel_with_a_link_to_the_environment_is_refused(clean_saved_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("link", "target", "words"), [
+    ("leak", "/proc/self/environ", "points outside the source"), ("again", "..", "points at a directory"),
+], ids=["link to the environment", "link loop"])
+def test_a_savedmodel_with_a_link_out_or_a_loop_is_refused(clean_saved_model: Path, tmp_path: Path, link: str,
+                                                           target: str, words: str) -> None:
     model = tmp_path / "sm"
     shutil.copytree(clean_saved_model, model)
-    (model / "variables" / "leak").symlink_to("/proc/self/environ")
+    (model / "variables" / link).symlink_to(target)
     refused(request(str(model), "tensorflow-savedmodel", None, {"target": "tensorflow-savedmodel"}), tmp_path,
-            "SourceRefused", "'variables/leak'", "points outside the source")
-
-
-def test_a_link_loop_in_a_savedmodel_is_refused(clean_saved_model: Path, tmp_path: Path) -> None:
-    model = tmp_path / "sm"
-    shutil.copytree(clean_saved_model, model)
-    (model / "variables" / "again").symlink_to("..")
-    refused(request(str(model), "tensorflow-savedmodel", None, {"target": "tensorflow-savedmodel"}), tmp_path,
-            "SourceRefused", "'variables/again'", "points at a directory")
+            "SourceRefused", f"'variables/{link}'", words)
 
 
 @pytest.fixture
