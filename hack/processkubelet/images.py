@@ -20,7 +20,8 @@ class LocalImage:
 
     repository: str
     kind: str
-    """triton | converter | testbox: selects what else the kubelet prepares (Triton's backends, addresses)."""
+    """triton | triton-vllm | converter | testbox: selects what else the kubelet prepares (Triton's backends and
+    addresses; for triton-vllm also the vLLM engine's environment)."""
     entrypoint: tuple[str, ...] = ()
     """The image's ENTRYPOINT as a local argv; a container `command` replaces it, as in a real runtime."""
     commands: dict[str, str] = field(default_factory=dict)
@@ -40,6 +41,10 @@ def table() -> dict[str, LocalImage]:
     python = sys.executable
     images = [
         LocalImage("nvcr.io/nvidia/tritonserver", "triton", commands={"tritonserver": _triton_binary()}),
+        # Triton's vLLM image (tag <release>-vllm-python-py3): the same server, its vllm backend a local stand-in that
+        # runs vLLM's CPU build (hack/vllmlocal/model.py, docs/local-cluster.md).
+        LocalImage(f"nvcr.io/nvidia/tritonserver{VLLM_VARIANT}", "triton-vllm",
+                   commands={"tritonserver": _triton_binary()}),
         LocalImage("ghcr.io/modelyard/converter", "converter",
                    entrypoint=(python, str(ROOT / "runtime" / "converter" / "entrypoint.py")),
                    commands={"python": python}),
@@ -49,6 +54,19 @@ def table() -> dict[str, LocalImage]:
                    commands={"python": python}),
     ]
     return {i.repository: i for i in images}
+
+
+TRITON_KINDS = frozenset({"triton", "triton-vllm"})
+VLLM_VARIANT = "#vllm"
+"""The table's key suffix for Triton's vLLM images: the same repository as the plain server, told apart by tag."""
+
+
+def local_key(image: str) -> str:
+    """The table key of an image: its repository, with VLLM_VARIANT for a -vllm-python-py3 tag."""
+    name = image.split("@", 1)[0]
+    repository = repository_of(image)
+    tag = name[len(repository) + 1:] if len(name) > len(repository) else ""
+    return repository + VLLM_VARIANT if tag.endswith("-vllm-python-py3") else repository
 
 
 def repository_of(image: str) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from processkubelet.images import LocalImage, repository_of
+from processkubelet.images import TRITON_KINDS, LocalImage, local_key
 
 Obj = dict[str, Any]
 DEFAULT_TERMINATION_PATH = "/dev/termination-log"
@@ -67,6 +67,10 @@ class LocalRuntime:
     at their own paths over the pod's volumes, so that a volume at /tmp cannot hide a checkout under /tmp."""
     triton_backends: str = ""
     triton_env: Mapping[str, str] = field(default_factory=dict)
+    vllm_env: Mapping[str, str] | None = None
+    """Triton's vLLM image: triton_env with the engine's venv (tritonlocal.vllm_env); None where it is not built."""
+    vllm_missing: str = ""
+    """Why vllm_env is None, for the pod's status."""
 
 
 @dataclass(frozen=True)
@@ -235,13 +239,18 @@ def plan_container(pod: Obj, container: Obj, ctx: PodContext, images: Mapping[st
                    runtime: LocalRuntime) -> ProcessPlan:
     """The process that stands for `container` of `pod`."""
     name = container["name"]
-    image = images.get(repository_of(container.get("image", "")))
+    image = images.get(local_key(container.get("image", "")))
     if image is None:
         raise PlanError("ErrImagePull", f"image {container.get('image')!r} has no local program: the process "
                         "kubelet runs only the images in its table (hack/processkubelet/images.py)")
     base = {"PATH": runtime.base_path, "HOSTNAME": pod["metadata"]["name"]}
-    if image.kind == "triton":
+    if image.kind in TRITON_KINDS:
         base.update(runtime.triton_env)
+    if image.kind == "triton-vllm":
+        if runtime.vllm_env is None:
+            raise PlanError("RunContainerError", f"container {name}: image {container.get('image')} runs Triton's "
+                            f"vLLM backend, whose local engine is not installed: {runtime.vllm_missing}")
+        base.update(runtime.vllm_env)
     env = container_env(pod, container, ctx, base)
     command = [expand(c, env) for c in container.get("command", [])] or list(image.entrypoint)
     args = [expand(a, env) for a in container.get("args", [])]
@@ -254,7 +263,7 @@ def plan_container(pod: Obj, container: Obj, ctx: PodContext, images: Mapping[st
                             f"{image.repository} in the local table")
         command[0] = image.commands[command[0]]
     argv = command + args
-    if image.kind == "triton":
+    if image.kind in TRITON_KINDS:
         argv += [f"--backend-directory={runtime.triton_backends}", f"--http-address={ctx.pod_ip}",
                  f"--grpc-address={ctx.pod_ip}", f"--metrics-address={ctx.pod_ip}"]
     security = container.get("securityContext", {})

@@ -499,3 +499,71 @@ def test_a_missing_or_incomplete_credentials_secret_is_reported_with_its_name_an
     secret["stringData"]["AWS_SECRET_ACCESS_KEY"] = "also-not-a-secret"
     apply(cluster, secret)
     reconcile_until_ready(admin, operator_kube, namespace, "creds")
+
+
+def _llm(namespace: str, **changes: Any) -> dict[str, Any]:
+    """A valid LLM manifest (a huggingface checkpoint served by the vllm runtime) with `changes` at dotted paths;
+    a None value removes the field."""
+    manifest = model_deployment("llm", namespace)
+    manifest["spec"]["model"] = {"uri": "pvc://models/llama", "format": "huggingface"}
+    manifest["spec"]["conversion"] = {"store": "pvc://models/converted"}
+    manifest["spec"]["serving"].update({"runtime": "vllm", "gpus": 4, "vllm": {"tensorParallelSize": 4}})
+    for path, value in changes.items():
+        *parents, leaf = path.split("__")
+        node = manifest
+        for key in parents:
+            node = node.setdefault(key, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return manifest
+
+
+LLM_INVALID = [
+    ({"spec__serving__runtime": None}, "model.format huggingface is served by Triton's vLLM backend"),
+    ({"spec__model__format": "onnx", "spec__serving__vllm": None},
+     "serving.runtime vllm serves a Hugging Face checkpoint"),
+    ({"spec__serving__runtime": "tensor"}, "serving.vllm holds the vLLM engine's settings"),
+    ({"spec__serving__vllm": {"tensorParallelSize": 3}}, "serving.vllm.tensorParallelSize must divide serving.gpus"),
+    ({"spec__serving__gpus": 0, "spec__serving__vllm": {"tensorParallelSize": 2}},
+     "serving.vllm.tensorParallelSize must divide serving.gpus"),
+    ({"spec__conversion": None}, "a huggingface checkpoint is a directory on pvc:// or under an s3:// prefix"),
+    ({"spec__model__uri": "https://hub.example.com/llama"}, "a huggingface checkpoint is a directory on pvc://"),
+    ({"spec__conversion": {"store": "s3://bucket/converted"}}, "a huggingface checkpoint is staged on a pvc://"),
+    ({"spec__model__signature": {"inputs": [{"name": "x", "dataType": "FP32", "shape": [1]}],
+                                 "outputs": [{"name": "y", "dataType": "FP32", "shape": [1]}]}},
+     "model.signature is for tensor models"),
+    ({"spec__conversion": {"store": "pvc://models/converted", "precision": "int8"}},
+     "conversion.target, precision, pruning, modelClass, kerasCustomObjects and samples.uri are tensor-model"),
+    ({"spec__conversion": {"store": "pvc://models/converted", "samples": {"uri": "/mnt/source/s.npz"}}},
+     "conversion.target, precision, pruning, modelClass, kerasCustomObjects and samples.uri are tensor-model"),
+    ({"spec__serving__vllm": {"dtype": "float8"}}, 'Unsupported value: "float8"'),
+    ({"spec__serving__vllm": {"quantization": "bitsandbytes"}}, 'Unsupported value: "bitsandbytes"'),
+    ({"spec__serving__vllm": {"gpuMemoryUtilization": 1.5}}, "should be less than or equal to 1"),
+    ({"spec__serving__vllm": {"maxModelLength": 8}}, "should be greater than or equal to 16"),
+]
+
+
+@pytest.mark.parametrize(("changes", "message"), LLM_INVALID, ids=[str(c)[:60] for c, _ in LLM_INVALID])
+def test_llm_manifests_that_cannot_work_are_rejected_at_apply(
+        cluster: LocalCluster, namespace: str, changes: dict[str, Any], message: str) -> None:
+    proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(_llm(namespace, **changes)),
+                           check=False)
+    assert proc.returncode != 0, f"the API server accepted an LLM manifest with {changes}"
+    assert message in proc.stderr, proc.stderr
+
+
+def test_prompts_on_a_tensor_model_are_rejected_and_an_llm_manifest_passes(
+        cluster: LocalCluster, namespace: str) -> None:
+    manifest = model_deployment("tensor", namespace)
+    manifest["spec"]["conversion"] = {"store": "pvc://models/converted", "samples": {"prompts": ["hello"]}}
+    proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(manifest), check=False)
+    assert proc.returncode != 0 and "conversion.samples.prompts are for a huggingface checkpoint" in proc.stderr
+    for changes in ({}, {"spec__serving__vllm": {"tensorParallelSize": 2}}, {"spec__serving__vllm": None},
+                    {"spec__serving__gpus": 0, "spec__serving__vllm": {"dtype": "float32"}},
+                    {"spec__conversion": {"store": "pvc://models/c", "samples": {"prompts": ["Hi", "Bye"]},
+                                          "tolerance": {"maxPerplexityRatio": 1.1, "minTop1Agreement": 0.95}}}):
+        proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(_llm(namespace, **changes)),
+                               check=False)
+        assert proc.returncode == 0, (changes, proc.stderr)

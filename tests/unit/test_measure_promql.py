@@ -36,3 +36,23 @@ def test_checks_follow_the_analysis_spec() -> None:
 def test_custom_queries_name_the_revisions_and_their_backends() -> None:
     assert custom('x{s="$canary_service"} / y{r="$stable"}', CANARY, STABLE) == (
         'x{s="team-a-resnet-b28f5967ad-http-8000@kubernetesgateway"} / y{r="1aa7a97de4"}')
+
+
+def test_llm_checks_read_the_engines_histograms_and_tritons_failures_of_the_canarys_pods() -> None:
+    canary = Backend("team-a", "llama-b28f5967ad", 8000, "b28f5967ad", "llama")
+    stable = Backend("team-a", "llama-1aa7a97de4", 8000, "1aa7a97de4", "llama")
+    analysis = Analysis.model_validate({"minSuccessRate": None, "llm": {
+        "timeToFirstToken": {"quantile": 0.9, "maxMs": 500, "maxRatioToStable": 2},
+        "timePerOutputToken": {"maxMs": 80}, "minGenerationSuccessRate": 99}})
+    got = checks(analysis, canary, stable, "1m")
+    assert [(c.name, c.threshold) for c in got] == [
+        ("ttft-p90", "<= 500 ms"), ("ttft-p90-vs-stable", "<= 2x"), ("tpot-p99", "<= 80 ms"),
+        ("generation-success-rate", ">= 99%")]
+    pods = '{namespace="team-a",modeldeployment="llama",revision="b28f5967ad"}'
+    assert got[0].query == ("1000 * histogram_quantile(0.9, sum by (le) "
+                            f"(rate(vllm:time_to_first_token_seconds_bucket{pods}[1m])))")
+    assert 'revision="1aa7a97de4"' in got[1].query and "vllm:time_per_output_token_seconds_bucket" in got[2].query
+    assert got[3].query == (f"100 * sum(increase(nv_inference_request_success{pods}[1m])) / "
+                            f"(sum(increase(nv_inference_request_success{pods}[1m])) + "
+                            f"sum(increase(nv_inference_request_failure{pods}[1m])))")
+    assert [c.passes(v) for c, v in zip(got, (501, 1.9, 80, 98.9), strict=True)] == [False, True, True, False]

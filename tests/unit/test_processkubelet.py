@@ -12,7 +12,7 @@ import yaml
 
 from modelyard import yamlio
 from modelyard.cli import render_manifest
-from processkubelet.images import ROOT, repository_of, table
+from processkubelet.images import ROOT, local_key, repository_of, table
 from processkubelet.plan import (
     LOCAL_REPOSITORY,
     LocalRuntime,
@@ -125,6 +125,26 @@ def test_environment_order_expansion_and_missing_sources() -> None:
 ])
 def test_image_repository(image: str, repository: str) -> None:
     assert repository_of(image) == repository
+
+
+@pytest.mark.parametrize(("image", "key", "kind"), [
+    ("nvcr.io/nvidia/tritonserver:24.10-py3", "nvcr.io/nvidia/tritonserver", "triton"),
+    ("nvcr.io/nvidia/tritonserver:25.10-vllm-python-py3", "nvcr.io/nvidia/tritonserver#vllm", "triton-vllm"),
+    ("nvcr.io/nvidia/tritonserver:25.10-vllm-python-py3@sha256:abc", "nvcr.io/nvidia/tritonserver#vllm",
+     "triton-vllm"),
+])
+def test_tritons_vllm_image_is_its_own_local_program(image: str, key: str, kind: str) -> None:
+    assert local_key(image) == key and table()[key].kind == kind
+
+
+def test_a_vllm_pod_without_the_local_engine_says_how_to_install_it() -> None:
+    pod = {"metadata": {"name": "p", "namespace": "ns"}, "spec": {"containers": []}}
+    container = {"name": "triton", "image": "nvcr.io/nvidia/tritonserver:25.10-vllm-python-py3",
+                 "command": ["tritonserver"]}
+    runtime = LocalRuntime(base_path="/usr/bin", vllm_missing="run `bash hack/vllm-cpu/build.sh`")
+    with pytest.raises(PlanError, match=r"hack/vllm-cpu/build\.sh") as err:
+        plan_container(pod, container, _context({}, {}), table(), runtime)
+    assert err.value.reason == "RunContainerError"
 
 
 def _c(state: dict[str, Any], ready: bool = False, restarts: int = 0) -> ContainerView:

@@ -28,6 +28,11 @@ QUERIES = [
     ({"type": "inferenceRate", "target": 100, "window": "30s"}, f"sum(rate(nv_inference_count{SEL}[30s]))",
      "AverageValue"),
     ({"type": "gpuUtilization", "target": 80}, f"100 * avg(nv_gpu_utilization{SEL})", "Value"),
+    ({"type": "requestsWaiting", "target": 2}, f"sum(vllm:num_requests_waiting{SEL})", "AverageValue"),
+    ({"type": "kvCacheUsage", "target": 70}, f"100 * avg(vllm:kv_cache_usage_perc{SEL})", "Value"),
+    ({"type": "timeToFirstToken", "target": 500, "window": "30s"},
+     f"1000 * sum(rate(vllm:time_to_first_token_seconds_sum{SEL}[30s])) / "
+     f"clamp_min(sum(rate(vllm:time_to_first_token_seconds_count{SEL}[30s])), 1e-9)", "Value"),
     ({"type": "custom", "target": 1, "query": 'sum(x{ns="$namespace",md="$modeldeployment",rev="$revision"})'},
      'sum(x{ns="ml",md="resnet",rev="abc"})', "AverageValue"),
     ({"type": "custom", "target": 1, "query": "max(y)", "targetType": "Value"}, "max(y)", "Value"),

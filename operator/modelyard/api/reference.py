@@ -56,6 +56,18 @@ REASONS: dict[Reason, str] = {
     Reason.MODULE_NOT_ALLOWED: "conversion.modelClass or kerasCustomObjects names a module the operator's "
     "administrator does not allow (converter.allowedModules), or one of the standard library or the converter's "
     "own: no conversion Job is created (docs/security.md).",
+    Reason.PICKLED_WEIGHTS: "A huggingface checkpoint holds pickle files (.bin, .pt, .pth, .ckpt, .pkl): loading "
+    "them can run code, so nothing is staged. Save the weights as safetensors (save_pretrained(..., "
+    "safe_serialization=True)) and remove the pickles (docs/llm.md).",
+    Reason.CUSTOM_CODE: "A huggingface checkpoint brings its own code: auto_map in config.json or "
+    "tokenizer_config.json, or Python files. The engine never runs it (no trust_remote_code); use an architecture "
+    "the engine has built in.",
+    Reason.TOKENIZER_UNUSABLE: "A huggingface checkpoint has no tokenizer (tokenizer.json, tokenizer.model, or "
+    "vocabulary files), or it does not load, or it does not give the prompts back as they were.",
+    Reason.ARCHITECTURE_UNSUPPORTED: "config.json's architectures names a model the vLLM runtime does not serve "
+    "(the message lists the ones it does), or none.",
+    Reason.WEIGHTS_CORRUPT: "A safetensors file's header disagrees with the file (length, offsets, a tensor's byte "
+    "count), or the shard index names a file or tensor that is not there: truncated or tampered with.",
     Reason.SOURCE_UNAVAILABLE: "The source cannot be read (missing object or external data file, wrong "
     "credentials).",
     Reason.SOURCE_UNREADABLE: "The source was fetched but is not a model of its declared format: truncated, "

@@ -54,3 +54,37 @@ class ValidationInconclusive(ConversionError):
     sample lands in one class), so the gate does not pass it."""
 
     reason = "ValidationInconclusive"
+
+
+# --- a Hugging Face checkpoint refused before anything serves it: each its own reason ----------------------------
+
+
+class PickledWeights(SourceRefused):
+    """Weights in pickle files (.bin, .pt, .pth, .ckpt, .pkl): loading them can run code."""
+
+    reason = "PickledWeights"
+
+
+class CustomCode(SourceRefused):
+    """config.json's auto_map (or Python files in the checkpoint): the model would be its own code."""
+
+    reason = "CustomCode"
+
+
+class TokenizerUnusable(SourceRefused):
+    """No tokenizer in the checkpoint, or one that does not load or round-trip the prompts."""
+
+    reason = "TokenizerUnusable"
+
+
+class ArchitectureUnsupported(ConversionUnsupported):
+    """config.json names an architecture the engine does not serve."""
+
+    reason = "ArchitectureUnsupported"
+
+
+class WeightsCorrupt(SourceUnreadable):
+    """A safetensors file whose header disagrees with the file (sizes, offsets), or a shard index naming what is
+    not there."""
+
+    reason = "WeightsCorrupt"

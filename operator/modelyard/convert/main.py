@@ -51,7 +51,8 @@ def result_message(manifest: dict[str, Any] | None, error: ConversionError | Non
         **({"replaced": manifest["replaced"][:400]} if manifest.get("replaced") else {}),
         "artifact": manifest["artifact"],
         "validation": {k: v.get(k) for k in ("samples", "max_abs_error", "max_rel_error", "top1_agreement",
-                                             "atol", "atol_spread", "rtol", "skipped", "sparsity") if k in v},
+                                             "atol", "atol_spread", "rtol", "skipped", "sparsity") if k in v}
+        | ({"llm": {k: v for k, v in v["llm"].items() if k != "greedy"}} if "llm" in v else {}),
         **({"int8": {"keptFloat": len(i8["keptFloat"]), "quantized": len(i8["quantizedNodes"]),
                      "sizeRatio": i8["sizeRatio"]}} if (i8 := manifest.get("int8")) else {}),
     }
@@ -59,7 +60,7 @@ def result_message(manifest: dict[str, Any] | None, error: ConversionError | Non
 
 def run(manifest_path: str | None, store: Path | str, flavour: str, termination_log: Path | None,
         manifest_json: str | None = None, source_root: Path = PVC_MOUNT, store_endpoint: str | None = None,
-        policy: Policy | None = None) -> int:
+        policy: Policy | None = None, served_store: str | None = None) -> int:
     """One conversion. Everything it writes (termination message, standard output and error) is redacted: no URL
     credentials, no query strings, no secret of its environment (modelyard.redact)."""
     secrets = secret_values()
@@ -85,7 +86,8 @@ def run(manifest_path: str | None, store: Path | str, flavour: str, termination_
         return 2
     manifest, error = None, None
     try:
-        manifest = convert(request, store, source_root=source_root, store_endpoint=store_endpoint)
+        manifest = convert(request, store, source_root=source_root, store_endpoint=store_endpoint,
+                           served_store=served_store)
     except ConversionError as exc:
         error = exc
     except Exception as exc:  # a failure no reason maps yet: still a reason and a message, not a bare traceback
@@ -115,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "--store", dest="store", required=True,
                         help="repository store, a directory or s3://bucket/prefix: the result lands in STORE/<key>/")
     parser.add_argument("--store-endpoint", help="S3 endpoint of an s3:// store outside AWS")
+    parser.add_argument("--served-store", default=None,
+                        help="the store as the Triton pods see it, for a huggingface checkpoint's model.json (the "
+                        "Job passes /models/<path> for a pvc:// store); default: the store's own path")
     parser.add_argument("--flavour", choices=["native", "python"], default="native",
                         help="python: serve ONNX through Triton's python backend (CPU Triton without onnxruntime)")
     parser.add_argument("--termination-log", type=Path, default=None, help="write the compact result here too")
@@ -137,7 +142,7 @@ def run_arguments(args: argparse.Namespace) -> int:
         confine=args.confine,
     )
     return run(args.filename, args.store, args.flavour, args.termination_log, args.manifest_json, args.source_root,
-               args.store_endpoint, policy)
+               args.store_endpoint, policy, args.served_store)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,10 +20,13 @@ from urllib.parse import urlsplit
 
 from modelyard.api.v1alpha1 import ModelFormat, ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion, Precision, Target
+from modelyard.api.v1alpha1.llm import VLLMEngine
 from modelyard.codepolicy import named_code
 from modelyard.convert import CONVERTER_VERSION
 from modelyard.convert.confine import check_tree, size_text
 from modelyard.convert.errors import ConversionUnsupported, SourceRefused, SourceUnreadable
+from modelyard.convert.hfcheck import check_checkpoint
+from modelyard.convert.llm import DEFAULT_PROMPTS, check_and_gate, engine_args, stage_weights, weights_digest
 from modelyard.convert.models import (
     KERAS_SUFFIXES,
     Runnable,
@@ -37,9 +40,9 @@ from modelyard.convert.onnxdata import companions, write_artifact
 from modelyard.convert.policy import Policy
 from modelyard.convert.quantize import Int8Result, to_int8
 from modelyard.convert.sources import PVC_MOUNT, digest, fetch, local_path
-from modelyard.convert.store import MANIFEST, file_digests, open_store, verify
+from modelyard.convert.store import MANIFEST, Store, file_digests, open_store, verify
 from modelyard.convert.transform import check_supported, export_onnx, export_torchscript, prune, to_fp16
-from modelyard.convert.tritonconfig import model_config, to_pbtxt
+from modelyard.convert.tritonconfig import model_config, to_pbtxt, vllm_model_config
 from modelyard.convert.validate import compare, make_samples, output_names, run_all, validate
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
@@ -71,15 +74,21 @@ class Request:
             ),
             "flavour": self.flavour,
         }
+        if self.source.format == ModelFormat.HUGGINGFACE:  # only here, so that tensor models keep their keys
+            basis["serving"] = self.serving.model_dump(mode="json", include={"gpus", "runtime", "vllm"})
         return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def convert(
     request: Request, store: Path | str, workdir: Path | None = None, source_root: Path = PVC_MOUNT,
-    store_endpoint: str | None = None,
+    store_endpoint: str | None = None, served_store: str | None = None,
 ) -> dict[str, Any]:
     """Convert and publish under `<store>/<key>/` (a directory or s3://bucket/prefix); return the manifest, with
-    `reused` true when that key was published before and `repository` saying where it is."""
+    `reused` true when that key was published before and `repository` saying where it is. `served_store` is the
+    store as the Triton pods see it (a huggingface checkpoint's model.json names its weights there); unset, the
+    store's own path."""
+    if request.source.format == ModelFormat.HUGGINGFACE:
+        return convert_llm(request, store, workdir, source_root, store_endpoint, served_store)
     check_supported(request.conversion)
     refuse_impossible(request)
     refuse_code(request)
@@ -92,17 +101,62 @@ def convert(
                             policy=request.policy, max_bytes=request.conversion.source_limit())
         source_digest = digest(source_path, companions(source_path) if onnx_source else None)
         key = request.key(source_digest)
-        published = target.find(key)
-        replaced = None
-        if published is not None:
-            problem = verify(target, key, published)
-            if problem is None:
-                return {**published, "reused": True, "repository": _location(store, key)}
-            replaced = (f"the stored repository under key {key} did not match its manifest ({problem}): converted "
-                        "again and replaced")
+        reused, replaced = _published(target, store, key, "converted")
+        if reused is not None:
+            return reused
         staging = scratch / "repository"
         manifest = _convert_into(request, source_path, source_digest, key, staging, samples)
         return {**manifest, "reused": False, "repository": target.publish(key, staging),
+                **({"replaced": replaced} if replaced else {})}
+
+
+def _published(target: Store, store: Path | str, key: str, verb: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(the manifest to return, reused) when the repository under `key` verifies; else (None, what did not match,
+    for the Converted condition, or None when nothing was there)."""
+    published = target.find(key)
+    if published is None:
+        return None, None
+    problem = verify(target, key, published)
+    if problem is None:
+        return {**published, "reused": True, "repository": _location(store, key)}, None
+    return None, (f"the stored repository under key {key} did not match its manifest ({problem}): {verb} again and "
+                  "replaced")
+
+
+def convert_llm(request: Request, store: Path | str, workdir: Path | None, source_root: Path,
+                store_endpoint: str | None, served_store: str | None) -> dict[str, Any]:
+    """A huggingface checkpoint: checked, its weights staged once, gated, its vllm repository published."""
+    conv = request.conversion
+    engine = request.serving.vllm or VLLMEngine()
+    target = open_store(store, store_endpoint)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        scratch = Path(tmp)
+        source_path = fetch(request.source.uri, scratch, pvc_root=source_root, policy=request.policy,
+                            max_bytes=conv.source_limit())
+        checkpoint = check_checkpoint(source_path, conv.source_limit())
+        files = file_digests(source_path)
+        key = request.key(weights_digest(files))
+        reused, replaced = _published(target, store, key, "staged")
+        if reused is not None:
+            return reused
+        prompts = list(conv.samples.prompts or DEFAULT_PROMPTS)
+        _, numbers = check_and_gate(source_path, prompts, engine, request.serving.gpus,
+                                    conv.tolerance.min_top1_agreement, conv.tolerance.max_perplexity_ratio)
+        staged = stage_weights(target, checkpoint, files, scratch)
+        repo = scratch / "repository"
+        version = repo / request.name / "1"
+        version.mkdir(parents=True)
+        weights_path = f"{str(served_store or store).rstrip('/')}/{staged.key}"
+        (repo / request.name / "config.pbtxt").write_text(vllm_model_config(request.name))
+        args = engine_args(engine, weights_path, request.serving.gpus, numbers["servedDtype"])
+        (version / "model.json").write_text(json.dumps(args, indent=2, sort_keys=True) + "\n")
+        done = {"target": "vllm", "precision": numbers["servedDtype"], "opset": None,
+                "checkpoint": checkpoint.as_dict(),
+                "weights": {"key": staged.key, "path": weights_path, "reused": staged.reused,
+                            **({"replaced": staged.replaced} if staged.replaced else {})}}
+        manifest = _manifest(request, key, weights_digest(files), "model.json", version / "model.json",
+                             validation={"llm": numbers}, done=done)
+        return {**manifest, "reused": False, "repository": target.publish(key, repo),
                 **({"replaced": replaced} if replaced else {})}
 
 

@@ -98,11 +98,11 @@ class DirectoryStore:
 
     def publish(self, key: str, staging: Path) -> str:
         final = self.root / key
-        self.root.mkdir(parents=True, exist_ok=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists() or final.is_symlink():
             # Replaced (a concurrent conversion of the same key wrote the same bytes; anything else did not verify):
             # moved aside in one rename, so the key is never half old and half new.
-            aside = self.root / f".{key}.replaced-{uuid.uuid4().hex[:8]}"
+            aside = final.parent / f".{final.name}.replaced-{uuid.uuid4().hex[:8]}"
             final.rename(aside)
             shutil.move(str(staging), str(final))
             if aside.is_dir() and not aside.is_symlink():

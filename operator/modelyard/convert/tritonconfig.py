@@ -43,3 +43,19 @@ def model_config(name: str, artifact: str, inputs: list[Tensor], outputs: list[T
 
 def to_pbtxt(cfg: mc.ModelConfig) -> str:
     return str(text_format.MessageToString(cfg))
+
+
+def vllm_model_config(name: str) -> str:
+    """config.pbtxt for Triton's vLLM backend, with the backend's inputs and output: decoupled (one response per
+    generated piece when streaming), no Triton batching (the engine batches continuously), one engine per pod
+    (KIND_MODEL: the engine places itself on the pod's GPUs), the backend's vllm: metrics reported."""
+    cfg = mc.ModelConfig(name=name, backend="vllm", max_batch_size=0)
+    cfg.model_transaction_policy.decoupled = True
+    cfg.input.add(name="text_input", data_type=mc.TYPE_STRING, dims=[1])
+    cfg.input.add(name="stream", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
+    cfg.input.add(name="sampling_parameters", data_type=mc.TYPE_STRING, dims=[1], optional=True)
+    cfg.input.add(name="exclude_input_in_output", data_type=mc.TYPE_BOOL, dims=[1], optional=True)
+    cfg.output.add(name="text_output", data_type=mc.TYPE_STRING, dims=[-1])
+    cfg.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_MODEL)
+    cfg.parameters["REPORT_CUSTOM_METRICS"].string_value = "true"
+    return to_pbtxt(cfg)

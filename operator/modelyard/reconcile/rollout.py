@@ -41,7 +41,7 @@ class CanaryView:
 
 
 def backend(md: ModelDeployment, revision: str) -> Backend:
-    return Backend(md.metadata.namespace, revision_service_name(md, revision), HTTP_PORT, revision)
+    return Backend(md.metadata.namespace, revision_service_name(md, revision), HTTP_PORT, revision, md.metadata.name)
 
 
 def observe_canary(md: ModelDeployment, canary: RevisionState, stable: str, now: float,

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard.api.names import COMPONENT_CONVERTER, LABEL_REVISION, child_metadata, common_labels, conversion_job_name
-from modelyard.api.v1alpha1 import API_VERSION, KIND, ModelDeployment
+from modelyard.api.v1alpha1 import API_VERSION, KIND, ModelDeployment, ModelFormat
 from modelyard.codepolicy import DEFAULT_ALLOWED_MODULES
-from modelyard.render.triton import split_pvc
+from modelyard.render.triton import MODEL_MOUNT, split_pvc
 
 STORE_MOUNT = "/mnt/store"
 SOURCE_MOUNT = "/mnt/source"
@@ -65,6 +65,8 @@ def render_conversion_job(md: ModelDeployment, revision: str, converter: Convert
         volumes.insert(0, {"name": "store", "persistentVolumeClaim": {"claimName": claim}})
         mounts.insert(0, {"name": "store", "mountPath": STORE_MOUNT})
         store_args = ["--store", "/".join(p for p in (STORE_MOUNT, sub) if p)]
+        if md.spec.model.format == ModelFormat.HUGGINGFACE:  # model.json names the weights where Triton sees them
+            store_args += ["--served-store", "/".join(p for p in (MODEL_MOUNT, sub) if p)]
     source = md.spec.model.uri
     if source.startswith("pvc://"):
         source_claim, _ = split_pvc(source)

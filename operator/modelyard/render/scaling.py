@@ -32,6 +32,9 @@ EXTERNAL_METRIC_NAMES = {
     "pendingRequests": "modelyard_triton_pending_requests",
     "inferenceRate": "modelyard_triton_inference_rate",
     "gpuUtilization": "modelyard_triton_gpu_utilization_percent",
+    "requestsWaiting": "modelyard_vllm_requests_waiting",
+    "kvCacheUsage": "modelyard_vllm_kv_cache_usage_percent",
+    "timeToFirstToken": "modelyard_vllm_time_to_first_token_ms",
 }
 """engine hpa: the External metrics the cluster's adapter must serve (docs/monitoring/prometheus-adapter.yaml)."""
 
@@ -60,6 +63,14 @@ def scaling_query(metric: ScalingMetric, namespace: str, modeldeployment: str, r
         return ScalingQuery(f"sum(rate(nv_inference_count{sel}[{w}]))", "AverageValue")
     if metric.type == "gpuUtilization":
         return ScalingQuery(f"100 * avg(nv_gpu_utilization{sel})", "Value")
+    # The vLLM backend's series (serving.runtime vllm), from the same pods and with the same labels.
+    if metric.type == "requestsWaiting":
+        return ScalingQuery(f"sum(vllm:num_requests_waiting{sel})", "AverageValue")
+    if metric.type == "kvCacheUsage":
+        return ScalingQuery(f"100 * avg(vllm:kv_cache_usage_perc{sel})", "Value")
+    if metric.type == "timeToFirstToken":
+        first = f"clamp_min(sum(rate(vllm:time_to_first_token_seconds_count{sel}[{w}])), 1e-9)"
+        return ScalingQuery(f"1000 * sum(rate(vllm:time_to_first_token_seconds_sum{sel}[{w}])) / {first}", "Value")
     assert metric.query is not None
     query = (metric.query.replace("$namespace", namespace).replace("$modeldeployment", modeldeployment)
              .replace("$revision", revision))

@@ -20,6 +20,8 @@ from modelyard.api.names import (
     service_name,
 )
 from modelyard.api.v1alpha1 import ModelDeployment
+from modelyard.api.v1alpha1.llm import Runtime
+from modelyard.api.v1alpha1.types import DEFAULT_TRITON_IMAGE, DEFAULT_VLLM_IMAGE
 
 MODEL_MOUNT = "/models"
 TRITON_UID = 1000
@@ -122,15 +124,56 @@ def revision_labels(md: ModelDeployment, revision: str) -> dict[str, str]:
     return {**common_labels(md), LABEL_REVISION: revision, LABEL_METRICS: "triton"}
 
 
+def is_llm(md: ModelDeployment) -> bool:
+    return md.spec.serving.runtime == Runtime.VLLM
+
+
+def serving_image(md: ModelDeployment) -> str:
+    """serving.image; with runtime vllm and the image left at the tensor default, Triton's vLLM image."""
+    image = md.spec.serving.image
+    return DEFAULT_VLLM_IMAGE if is_llm(md) and image == DEFAULT_TRITON_IMAGE else image
+
+
+LLM_ENV = (
+    # The engine reads the staged weights only: no hub, no telemetry.
+    {"name": "HF_HUB_OFFLINE", "value": "1"},
+    {"name": "TRANSFORMERS_OFFLINE", "value": "1"},
+    {"name": "HF_HOME", "value": "/tmp/huggingface"},
+    {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+    {"name": "DO_NOT_TRACK", "value": "1"},
+)
+LLM_STARTUP_MINUTES = 30
+"""An LLM's weights load and its engine profiles memory and captures graphs before the model is ready: the startup
+probe allows this long."""
+
+
+def shm_size(md: ModelDeployment) -> str:
+    """/dev/shm: 1Gi for one process; with tensor or pipeline parallelism the engine's workers exchange
+    activations through it (NCCL falls back to shared memory), 4Gi per GPU."""
+    serving = md.spec.serving
+    if is_llm(md) and serving.gpus > 1:
+        return f"{4 * serving.gpus}Gi"
+    return "1Gi"
+
+
 def render_triton_deployment(md: ModelDeployment, revision: str, converted: str | None = None) -> dict[str, Any]:
     """The Deployment that runs Triton for one revision of the model (`converted`: its repository key)."""
     serving = md.spec.serving
     repo = model_repository(md, converted)
     labels = revision_labels(md, revision)
     pod_selector = server_selector(md, revision)
+    llm = is_llm(md)
+    if llm:
+        # Loading an LLM takes minutes; once started, Ready means the model is ready, not just the server.
+        probes = {"startupProbe": _probe("/v2/health/ready", 10, LLM_STARTUP_MINUTES * 6),
+                  "readinessProbe": _probe(f"/v2/models/{md.metadata.name}/ready", 5, 3)}
+    else:
+        # Loading a large model can take minutes: the startup probe holds liveness off for up to 10 minutes.
+        probes = {"startupProbe": _probe("/v2/health/ready", 10, 60),
+                  "readinessProbe": _probe("/v2/health/ready", 5, 3)}
     container: dict[str, Any] = {
         "name": "triton",
-        "image": serving.image,
+        "image": serving_image(md),
         "command": ["tritonserver"],
         "args": [
             f"--model-repository={repo.path}",
@@ -145,9 +188,7 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        # Loading a large model can take minutes: the startup probe holds liveness off for up to 10 minutes.
-        "startupProbe": _probe("/v2/health/ready", 10, 60),
-        "readinessProbe": _probe("/v2/health/ready", 5, 3),
+        **probes,
         "livenessProbe": _probe("/v2/health/live", 10, 3),
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -169,6 +210,8 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
         container["resources"] = resources
     if repo.env_from:
         container["envFrom"] = list(repo.env_from)
+    if llm:
+        container["env"] = list(LLM_ENV)
 
     pod_spec: dict[str, Any] = {
         "containers": [container],
@@ -181,7 +224,7 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
         "enableServiceLinks": False,
         "volumes": [
             *repo.volumes,
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size(md)}},
             {"name": "tmp", "emptyDir": {}},
         ],
     }
@@ -206,7 +249,7 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
             **replicas,
             "selector": {"matchLabels": pod_selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
-            "progressDeadlineSeconds": 900,
+            "progressDeadlineSeconds": (LLM_STARTUP_MINUTES + 5) * 60 if llm else 900,
             "template": {
                 "metadata": {
                     "labels": dict(labels),

@@ -28,6 +28,11 @@ _FAILURE_REASONS = {
     "SourceRefused": Reason.SOURCE_REFUSED,
     "SourceUnavailable": Reason.SOURCE_UNAVAILABLE,
     "SourceUnreadable": Reason.SOURCE_UNREADABLE,
+    "PickledWeights": Reason.PICKLED_WEIGHTS,
+    "CustomCode": Reason.CUSTOM_CODE,
+    "TokenizerUnusable": Reason.TOKENIZER_UNUSABLE,
+    "ArchitectureUnsupported": Reason.ARCHITECTURE_UNSUPPORTED,
+    "WeightsCorrupt": Reason.WEIGHTS_CORRUPT,
 }
 
 
@@ -128,6 +133,8 @@ def describe_validation(result: Obj) -> str:
     v = result.get("validation", {})
     if "skipped" in v:
         return f"not validated: {v['skipped']}"
+    if "llm" in v:
+        return describe_llm_validation(v["llm"])
     top1 = f", top-1 agreement {v['top1_agreement']:.4f}" if v.get("top1_agreement") is not None else ""
     atol = v.get("atol") if v.get("atol") is not None else f"{v.get('atol_spread')} x spread"
     int8 = result.get("int8") or {}
@@ -135,3 +142,17 @@ def describe_validation(result: Obj) -> str:
             if int8.get("keptFloat") else "")
     return (f"{v.get('samples')} samples: max abs error {v.get('max_abs_error', 0):.3g}, "
             f"max rel error {v.get('max_rel_error', 0):.3g}{top1} (atol {atol}, rtol {v.get('rtol')}){kept}")
+
+
+def describe_llm_validation(llm: Obj) -> str:
+    """The gate's numbers for a language model, as the Validated condition says them."""
+    text = (f"{llm.get('prompts')} prompts: the tokenizer gives each back, they generate {llm.get('generatedTokens')} "
+            f"tokens greedily, repeatably; served in {llm.get('servedDtype')}")
+    cast = llm.get("cast")
+    if isinstance(cast, dict):
+        agreement, ratio = float(cast.get("top1Agreement", 0)), float(cast.get("perplexityRatio", 0))
+        text += (f" (cast from {cast.get('from')}: next-token top-1 agreement {agreement:.4f} over "
+                 f"{cast.get('positions')} positions, perplexity ratio {ratio:.4f})")
+    else:
+        text += ", the checkpoint's own dtype: nothing cast"
+    return text

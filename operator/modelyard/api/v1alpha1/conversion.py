@@ -103,6 +103,12 @@ class Tolerance(Spec):
         description="For classifierOutputs: the largest root-mean-square error, as a share of the output's spread. "
         "Default: fp32 1e-4, fp16 1e-2, int8 0.1.",
     )
+    max_perplexity_ratio: float | None = Field(
+        default=None, ge=1, le=100,
+        description="For a huggingface checkpoint whose weights the engine casts (serving.vllm.dtype): the largest "
+        "ratio of the cast model's perplexity on the prompts to the checkpoint's. Default 1.05. Its next-token "
+        "top-1 agreement over the prompts' positions is held to minTop1Agreement (default 0.98 there).",
+    )
 
 
 SAMPLES_PATH_RULES: JsonDict = {"x-kubernetes-validations": [cel(
@@ -160,6 +166,13 @@ class Samples(Spec):
         default=None,
         max_length=64,
         description="[low, high) for named integer inputs, over intRange and the name rules.",
+    )
+    prompts: list[Annotated[str, Field(min_length=1, max_length=8192)]] | None = Field(
+        default=None,
+        max_length=64,
+        description="For a huggingface checkpoint: the prompts the gate checks before anything serves (the "
+        "tokenizer round-trips them, each generates tokens, greedy generation repeats) and, for a dtype cast, "
+        "measures the cast on. Unset: eight built-in prompts (docs/llm.md).",
     )
     lengths: list[Annotated[int, Field(ge=1, le=65536)]] = Field(
         default=[8, 16, 11, 5],

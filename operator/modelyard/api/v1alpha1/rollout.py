@@ -66,6 +66,19 @@ class Latency(Spec):
         default=None, gt=0, description="The canary's quantile may not exceed the stable revision's times this.")
 
 
+class LLMAnalysis(Spec):
+    """For serving.runtime vllm: checks on the engine's own measurements of the canary's generations."""
+
+    time_to_first_token: Latency | None = Field(
+        default=None, description="From arrival to the first generated token (vllm:time_to_first_token_seconds).")
+    time_per_output_token: Latency | None = Field(
+        default=None, description="Between generated tokens (vllm:time_per_output_token_seconds).")
+    min_generation_success_rate: float | None = Field(
+        default=None, ge=0, le=100,
+        description="Percent of the canary's generations that Triton completes without an error. A stream that "
+        "fails after its first piece is HTTP 200 to the gateway; Triton counts it failed.")
+
+
 class CustomMetric(Spec):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
         cel("has(self.min) || has(self.max)", "a custom check needs min, max or both")]})
@@ -92,6 +105,9 @@ class Analysis(Spec):
     min_success_rate: float | None = Field(
         default=99.0, ge=0, le=100, description="Percent of the canary's requests that must succeed.")
     latency: Latency | None = Field(default=None, description="Latency checks on the canary's requests.")
+    llm: LLMAnalysis | None = Field(
+        default=None, description="For serving.runtime vllm: time to first token, time per output token and "
+        "failed generations, from the engine's and Triton's metrics of the canary's pods.")
     custom: list[CustomMetric] | None = Field(default=None, max_length=16, description="Your own checks.")
 
 

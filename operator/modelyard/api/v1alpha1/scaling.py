@@ -15,7 +15,10 @@ from modelyard.api.conditions import Condition
 from modelyard.api.v1alpha1.common import Observed, Spec, cel
 from modelyard.api.v1alpha1.rollout import Duration
 
-MetricType = Literal["queueTime", "pendingRequests", "inferenceRate", "gpuUtilization", "custom"]
+MetricType = Literal["queueTime", "pendingRequests", "inferenceRate", "gpuUtilization", "requestsWaiting",
+                     "kvCacheUsage", "timeToFirstToken", "custom"]
+LLM_METRICS = ("requestsWaiting", "kvCacheUsage", "timeToFirstToken")
+"""Read from the vLLM backend's metrics: for serving.runtime vllm only."""
 
 
 class ScalingMetric(Spec):
@@ -31,12 +34,15 @@ class ScalingMetric(Spec):
     type: MetricType = Field(
         description="queueTime: average time a request waits in Triton's queue, in milliseconds, over the serving "
         "revision's pods. pendingRequests: requests waiting or executing, per replica. inferenceRate: inferences "
-        "per second, per replica. gpuUtilization: percent, averaged over the revision's GPUs. custom: your PromQL.")
+        "per second, per replica. gpuUtilization: percent, averaged over the revision's GPUs. For serving.runtime "
+        "vllm: requestsWaiting: requests queued in the engine (beyond its concurrent sequences), per replica; "
+        "kvCacheUsage: percent of the KV cache in use, averaged over the replicas; timeToFirstToken: average "
+        "milliseconds from arrival to the first generated token. custom: your PromQL.")
     target: float = Field(
         gt=0, le=1_000_000,
-        description="The value the autoscaler holds the metric at: milliseconds (queueTime), requests per replica "
-        "(pendingRequests), inferences per second per replica (inferenceRate), percent (gpuUtilization), or the "
-        "query's unit (custom).")
+        description="The value the autoscaler holds the metric at: milliseconds (queueTime, timeToFirstToken), "
+        "requests per replica (pendingRequests, requestsWaiting), inferences per second per replica (inferenceRate), "
+        "percent (gpuUtilization, kvCacheUsage), or the query's unit (custom).")
     window: Duration = Field(default="1m", description="The rate window of the built-in metrics' PromQL.")
     query: str | None = Field(
         default=None, min_length=1, max_length=4096,

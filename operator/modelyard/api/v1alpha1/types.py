@@ -23,6 +23,7 @@ from modelyard.api.v1alpha1.common import (
     cel,
 )
 from modelyard.api.v1alpha1.conversion import Conversion
+from modelyard.api.v1alpha1.llm import Runtime, VLLMEngine
 from modelyard.api.v1alpha1.rollout import Rollout, RolloutStatus, Traffic
 from modelyard.api.v1alpha1.scaling import Scaling, ScalingStatus
 
@@ -37,6 +38,9 @@ CATEGORY = "modelyard"
 
 DEFAULT_TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.10-py3"
 """Triton 2.51, the same server version the test suite runs (nvidia-pytriton 0.7.0 ships it)."""
+DEFAULT_VLLM_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-vllm-python-py3"
+"""Triton's vLLM container: the server, its vllm backend and vLLM with CUDA. Used for serving.runtime vllm while
+serving.image is left at its default (the tensor image)."""
 
 
 def _defaults(model: type[BaseModel]) -> dict[str, Any]:
@@ -53,6 +57,8 @@ class ModelFormat(StrEnum):
     ONNX = "onnx"
     TENSORFLOW_SAVEDMODEL = "tensorflow-savedmodel"
     KERAS = "keras"
+    HUGGINGFACE = "huggingface"
+    """A Hugging Face checkpoint directory: config.json, *.safetensors, the tokenizer (served by runtime vllm)."""
 
 
 class DataType(StrEnum):
@@ -151,7 +157,9 @@ class ModelSource(Spec):
     )
     format: ModelFormat = Field(
         description="The artifact's format: pytorch, torchscript, onnx, keras (a .keras or .h5 file, converted "
-        "to ONNX) or tensorflow-savedmodel (served as it is)."
+        "to ONNX), tensorflow-savedmodel (served as it is), or huggingface: a language model's checkpoint "
+        "directory (config.json, *.safetensors, tokenizer files) on pvc:// or under an s3:// prefix, served by "
+        "serving.runtime vllm."
     )
     credentials_secret_ref: SecretReference | None = Field(
         default=None,
@@ -228,6 +236,16 @@ class Serving(Spec):
                     "every serving.dynamicBatching.preferredBatchSizes entry must be at most serving.maxBatchSize",
                 ),
                 cel(
+                    "!has(self.vllm) || (has(self.runtime) && self.runtime == 'vllm')",
+                    "serving.vllm holds the vLLM engine's settings: it needs serving.runtime: vllm",
+                ),
+                cel(
+                    "!has(self.vllm) || !has(self.vllm.tensorParallelSize) || (self.gpus == 0 ? "
+                    "self.vllm.tensorParallelSize == 1 : self.gpus % self.vllm.tensorParallelSize == 0)",
+                    "serving.vllm.tensorParallelSize must divide serving.gpus (one copy of the model is split "
+                    "across that many GPUs of the replica); on CPU (serving.gpus 0) it is 1",
+                ),
+                cel(
                     "!has(self.resources) || ("
                     "(!has(self.resources.limits) || !(self.gpuResourceName in self.resources.limits)) && "
                     "(!has(self.resources.requests) || !(self.gpuResourceName in self.resources.requests)))",
@@ -239,7 +257,20 @@ class Serving(Spec):
     )
 
     image: str = Field(
-        default=DEFAULT_TRITON_IMAGE, description="Triton Inference Server image.", min_length=1, max_length=512
+        default=DEFAULT_TRITON_IMAGE,
+        description="Triton Inference Server image. With runtime vllm, left at this default, Triton's vLLM image "
+        f"({DEFAULT_VLLM_IMAGE}) serves instead.",
+        min_length=1, max_length=512,
+    )
+    runtime: Runtime | None = Field(
+        default=None,
+        description="What serves the model in Triton: tensor (the default: ONNX Runtime, TensorRT, libtorch, "
+        "TensorFlow) or vllm (Triton's vLLM backend, for model.format huggingface: generation, streaming, "
+        "continuous batching).",
+    )
+    vllm: VLLMEngine | None = Field(
+        default=None,
+        description="With runtime vllm: the engine's settings (its model.json). Unset, each takes its default.",
     )
     gpus: int = Field(default=1, ge=0, le=16, description="GPUs per replica; 0 serves on CPU.")
     gpu_resource_name: str = Field(
@@ -305,6 +336,63 @@ class ModelDeploymentSpec(Spec):
                     "!has(self.scaling) || self.scaling.minReplicas > 0 || has(self.traffic)",
                     "scaling.minReplicas 0 needs traffic.gateway: at zero, a request through the gateway is what "
                     "wakes the model (its counter exists when no Triton pod does)",
+                ),
+                cel(
+                    "self.model.format != 'huggingface' || (has(self.serving.runtime) && "
+                    "self.serving.runtime == 'vllm')",
+                    "model.format huggingface is served by Triton's vLLM backend: set serving.runtime: vllm",
+                ),
+                cel(
+                    "!has(self.serving.runtime) || self.serving.runtime != 'vllm' || "
+                    "self.model.format == 'huggingface'",
+                    "serving.runtime vllm serves a Hugging Face checkpoint: set model.format: huggingface (a "
+                    "directory with config.json, *.safetensors and the tokenizer files)",
+                ),
+                cel(
+                    "self.model.format != 'huggingface' || (has(self.conversion) && "
+                    "self.model.uri.matches('^(pvc|s3)://'))",
+                    "a huggingface checkpoint is a directory on pvc:// or under an s3:// prefix, staged and checked "
+                    "by the conversion stage before it serves: add conversion.store",
+                ),
+                cel(
+                    "self.model.format != 'huggingface' || !has(self.conversion) || !has(self.conversion.store) || "
+                    "self.conversion.store.startsWith('pvc://')",
+                    "a huggingface checkpoint is staged on a pvc:// conversion.store, which the Triton pods mount "
+                    "read-only (an s3:// store for LLM weights is not supported yet)",
+                ),
+                cel(
+                    "self.model.format != 'huggingface' || !has(self.model.signature)",
+                    "model.signature is for tensor models: a huggingface checkpoint takes text (text_input) and "
+                    "returns text (text_output)",
+                ),
+                cel(
+                    "self.model.format != 'huggingface' || !has(self.conversion) || "
+                    "(self.conversion.target == 'onnx' && self.conversion.precision == 'fp32' && "
+                    "!has(self.conversion.pruning) && !has(self.conversion.modelClass) && "
+                    "!has(self.conversion.kerasCustomObjects) && (!has(self.conversion.samples) || "
+                    "(!has(self.conversion.samples.uri) && !has(self.conversion.samples.calibrationUri))))",
+                    "conversion.target, precision, pruning, modelClass, kerasCustomObjects and samples.uri are "
+                    "tensor-model settings: for a huggingface checkpoint the weights' dtype is serving.vllm.dtype "
+                    "and its samples are conversion.samples.prompts",
+                ),
+                cel(
+                    "self.model.format == 'huggingface' || !has(self.conversion) || "
+                    "!has(self.conversion.samples) || !has(self.conversion.samples.prompts)",
+                    "conversion.samples.prompts are for a huggingface checkpoint; a tensor model's samples are "
+                    "conversion.samples.uri (an .npz) or generated",
+                ),
+                cel(
+                    "!has(self.scaling) || !(self.scaling.metric.type in ['requestsWaiting', 'kvCacheUsage', "
+                    "'timeToFirstToken']) || (has(self.serving.runtime) && self.serving.runtime == 'vllm')",
+                    "scaling.metric requestsWaiting, kvCacheUsage and timeToFirstToken are the vLLM engine's: they "
+                    "need serving.runtime vllm (a tensor model scales on queueTime, pendingRequests, inferenceRate or "
+                    "gpuUtilization)",
+                ),
+                cel(
+                    "!has(self.rollout) || !has(self.rollout.canary) || !has(self.rollout.canary.analysis) || "
+                    "!has(self.rollout.canary.analysis.llm) || "
+                    "(has(self.serving.runtime) && self.serving.runtime == 'vllm')",
+                    "rollout.canary.analysis.llm checks the vLLM engine's metrics: it needs serving.runtime vllm",
                 ),
                 cel(
                     "has(self.conversion) || !self.model.uri.matches('^https?://')",

@@ -1,0 +1,208 @@
+"""E2E: a tiny Llama-style checkpoint on a PVC, as a ModelDeployment with format huggingface and the vllm runtime:
+the operator stages and checks it, the gate's numbers reach Validated, a real Triton on the process kubelet serves
+it with vLLM's CPU engine, and generate_stream through the Gateway delivers the first piece before the last, the
+same greedy text the engine gives in-process. Hostile checkpoints are refused before any pod, with their reasons."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conversion_support import condition
+from helpers import bound_claim, wait_for
+from llm_support import PROMPTS, generate, in_process, running
+from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
+from modelyard.kube.client import MODEL_DEPLOYMENTS, PODS, Kube
+from samplemodels import tiny_llama
+
+from .conftest import OperatorProcess
+from .test_conversion_with_operator import serving_endpoint, wait_ready
+
+pytestmark = [pytest.mark.e2e, pytest.mark.triton, pytest.mark.vllm, pytest.mark.filterwarnings("ignore")]
+
+ROOT = Path(__file__).resolve().parents[2]
+NAME = "tiny-llama"
+
+
+def llm_manifest(namespace: str, name: str = NAME, source: str = "tiny-llama") -> dict[str, Any]:
+    """examples/local/tiny-llama.yaml in `namespace`, behind the local Gateway."""
+    manifest: dict[str, Any] = copy.deepcopy(yaml.safe_load((ROOT / "examples/local/tiny-llama.yaml").read_text()))
+    manifest["metadata"] = {"name": name, "namespace": namespace}
+    manifest["spec"]["model"]["uri"] = f"pvc://model-store/sources/{source}"
+    manifest["spec"]["traffic"] = {"gateway": {"parentRefs": [{"name": GATEWAY_NAME, "namespace": GATEWAY_NAMESPACE}],
+                                               "hostnames": [f"{name}.{namespace}.local"]}}
+    return manifest
+
+
+def through_gateway(cluster: LocalCluster, namespace: str) -> None:
+    """Wait until the model answers through the Gateway (Traefik follows the route and endpoints within seconds)."""
+    def answers() -> bool | None:
+        try:
+            return bool(generate(cluster.gateway_url, NAME, PROMPTS[0], host=f"{NAME}.{namespace}.local",
+                                 max_tokens=1)[0]) or None
+        except OSError:
+            return None
+
+    wait_for("the model to answer through the gateway", answers, timeout=120, interval=1)
+
+
+def test_a_tiny_llama_is_staged_gated_served_and_streamed_through_the_gateway(
+    cluster: LocalCluster, admin: Kube, operator_process: OperatorProcess, namespace: str, tmp_path: Path,
+) -> None:
+    bound_claim(cluster, namespace, "model-store", tmp_path, "ReadWriteMany")
+    checkpoint = Path(tiny_llama(str(tmp_path / "sources" / "tiny-llama")))
+    pickled = tmp_path / "sources" / "pickled"
+    shutil.copytree(checkpoint, pickled)
+    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
+    custom = tmp_path / "sources" / "custom"
+    shutil.copytree(checkpoint, custom)
+    config = json.loads((custom / "config.json").read_text())
+    (custom / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "evil.Model"}}))
+    for manifest in (llm_manifest(namespace), llm_manifest(namespace, "pickled", "pickled"),
+                     llm_manifest(namespace, "custom", "custom")):
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+    # The hostile ones: refused by the conversion Job, each with its reason, and no Triton pod ever.
+    for name, reason in (("pickled", "PickledWeights"), ("custom", "CustomCode")):
+        def refused(name: str = name) -> dict[str, Any] | None:
+            body = admin.get(MODEL_DEPLOYMENTS, namespace, name) or {}
+            conds = {c["type"]: c for c in body.get("status", {}).get("conditions", [])}
+            return conds["Converted"] if conds.get("Converted", {}).get("status") == "False" else None
+
+        converted = wait_for(f"{name} to be refused", refused, timeout=300, interval=1)
+        assert converted["reason"] == reason, converted
+        assert not list(admin.list_by_labels(PODS, namespace, {"modelyard.dev/deployment": name,
+                                                               "app.kubernetes.io/component": "inference-server"}))
+
+    body = wait_ready(cluster, admin, namespace, NAME, timeout=900)
+    assert condition(body, "Converted")["status"] == "True"
+    validated = condition(body, "Validated")
+    assert validated["status"] == "True" and "3 prompts: the tokenizer gives each back" in validated["message"]
+    assert "served in float32" in validated["message"], validated
+
+    want = in_process(checkpoint, PROMPTS)["texts"]
+    through_gateway(cluster, namespace)
+    host = f"{NAME}.{namespace}.local"
+    for prompt, text in zip(PROMPTS, want, strict=True):
+        assert generate(cluster.gateway_url, NAME, prompt, host=host)[0] == [prompt + text]
+    pieces, _ = generate(cluster.gateway_url, NAME, PROMPTS[0], stream=True, host=host)
+    assert len(pieces) >= 3 and "".join(pieces) == want[0], pieces
+
+    # The first piece comes through Traefik while the engine is still generating the rest: nothing buffers the
+    # stream. Causal, not timed: when it is in, the pod's engine reports the request still running.
+    ip = serving_endpoint(cluster, namespace, NAME)
+    seen: list[float] = []
+    pieces, _ = generate(cluster.gateway_url, NAME, PROMPTS[1], stream=True, host=host, max_tokens=256,
+                         ignore_eos=True, on_first=lambda: seen.append(running(f"http://{ip}:8002/metrics", NAME)))
+    assert seen == [1.0] and len(pieces) > 100, (seen, len(pieces))
+
+
+class Streams:
+    """`count` concurrent long greedy generations through the Gateway, until stopped."""
+
+    def __init__(self, cluster: LocalCluster, host: str, count: int, max_tokens: int) -> None:
+        self.cluster, self.host, self.max_tokens = cluster, host, max_tokens
+        self.stopped = threading.Event()
+        self.errors: list[str] = []
+        self.done = 0
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)]
+
+    def __enter__(self) -> Streams:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _run(self, i: int) -> None:
+        while not self.stopped.is_set():
+            try:
+                generate(self.cluster.gateway_url, NAME, PROMPTS[i % len(PROMPTS)], stream=True, host=self.host,
+                         max_tokens=self.max_tokens, ignore_eos=True)
+                self.done += 1
+            except Exception as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+                time.sleep(1)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        for t in self.threads:
+            t.join(timeout=300)
+
+
+def _checkpoint(cluster: LocalCluster, namespace: str, root: Path) -> Path:
+    bound_claim(cluster, namespace, "model-store", root, "ReadWriteMany")
+    return Path(tiny_llama(str(root / "sources" / "tiny-llama")))
+
+
+def replicas(admin: Kube, namespace: str) -> int:
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}
+    return int((body.get("status", {}).get("scaling") or {}).get("desiredReplicas") or 0)
+
+
+def test_concurrent_long_generations_scale_out_on_requests_waiting_and_back(
+    cluster: LocalCluster, admin: Kube, operator_process: OperatorProcess, namespace: str, tmp_path: Path,
+) -> None:
+    _checkpoint(cluster, namespace, tmp_path)
+    manifest = llm_manifest(namespace)
+    manifest["spec"]["serving"]["vllm"]["maxConcurrentSequences"] = 2  # a third request waits in the engine
+    manifest["spec"]["scaling"] = {
+        "minReplicas": 1, "maxReplicas": 2, "pollingInterval": "2s",
+        "metric": {"type": "requestsWaiting", "target": 2, "window": "10s"},
+        "behavior": {"scaleUp": {"stabilizationWindowSeconds": 0},
+                     "scaleDown": {"stabilizationWindowSeconds": 10,
+                                   "policies": [{"type": "Percent", "value": 100, "periodSeconds": 5}]}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    wait_ready(cluster, admin, namespace, NAME, timeout=900)
+    wait_for("the autoscaler to hold 1 replica", lambda: replicas(admin, namespace) == 1 or None, timeout=120)
+    through_gateway(cluster, namespace)
+
+    # Eight long generations at once, two running: six wait, three a replica over the target of two: 1 -> 2.
+    with Streams(cluster, f"{NAME}.{namespace}.local", count=8, max_tokens=300) as load:
+        wait_for("the autoscaler to ask for 2 replicas", lambda: replicas(admin, namespace) == 2 or None,
+                 timeout=180, interval=1)
+        value = (admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {})["status"]["scaling"].get("currentValue")
+    assert not load.errors, load.errors[:3]
+    assert value, "the autoscaler read no requestsWaiting value"
+    # The load ends; its last generations finish; nothing waits: back to 1.
+    wait_for("the autoscaler to return to 1 replica", lambda: replicas(admin, namespace) == 1 or None,
+             timeout=300, interval=1)
+
+
+def test_a_canary_with_a_slower_engine_is_rolled_back_on_time_to_first_token(
+    cluster: LocalCluster, admin: Kube, operator_process: OperatorProcess, namespace: str, tmp_path: Path,
+) -> None:
+    _checkpoint(cluster, namespace, tmp_path)
+    manifest = llm_manifest(namespace)
+    manifest["spec"]["rollout"] = {"strategy": "canary", "canary": {"steps": [{"setWeight": 50}], "analysis": {
+        "interval": "10s", "failureLimit": 1, "minRequests": 3, "minSuccessRate": 99,
+        "llm": {"timeToFirstToken": {"quantile": 0.9, "maxRatioToStable": 3}, "minGenerationSuccessRate": 99}}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    body = wait_ready(cluster, admin, namespace, NAME, timeout=900)
+    stable = body["status"]["revisions"]["stable"]["name"]
+    through_gateway(cluster, namespace)
+
+    # The new revision's engine runs one sequence at a time: under concurrent streams its first tokens wait for
+    # whole generations ahead of them (a configuration regression that a success rate does not show).
+    manifest["spec"]["serving"]["vllm"]["maxConcurrentSequences"] = 1
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+    def progressing() -> dict[str, Any] | None:
+        conds = {c["type"]: c for c in (admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}).get("status", {}).get(
+            "conditions", [])}
+        cond = conds.get("Progressing", {})
+        return cond if cond.get("reason") == "CanaryRolledBack" else None
+
+    with Streams(cluster, f"{NAME}.{namespace}.local", count=6, max_tokens=48) as load:
+        rolled_back = wait_for("the canary to be rolled back", progressing, timeout=900, interval=2)
+    assert "ttft-p90-vs-stable" in rolled_back["message"], rolled_back
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}
+    assert body["status"]["revisions"]["stable"]["name"] == stable
+    assert condition(body, "Ready")["status"] == "True"
+    assert not load.errors, load.errors[:3]

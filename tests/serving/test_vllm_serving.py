@@ -1,0 +1,111 @@
+"""Triton's vllm backend, locally: the real tritonserver loads the converter's repository for a tiny Llama and the
+stand-in backend (hack/vllmlocal/model.py) runs vLLM's CPU engine. Its answers are the engine's own, called
+in-process on the same checkpoint; streaming delivers the first piece before the last; the inputs, the request
+parameters of the generate endpoints and the metric names are the backend's."""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+import llm_support
+from llm_support import PROMPTS, in_process
+from modelyard.api.v1alpha1 import ModelSource, Serving
+from modelyard.api.v1alpha1.conversion import Conversion
+from modelyard.convert.pipeline import Request, convert
+from samplemodels import tiny_llama
+from tritonlocal import Triton
+
+pytestmark = [pytest.mark.triton, pytest.mark.vllm, pytest.mark.filterwarnings("ignore")]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Triton, Path]]:
+    d = tmp_path_factory.mktemp("llm")
+    checkpoint = Path(tiny_llama(str(d / "tiny-llama")))
+    request = Request("tiny", ModelSource.model_validate({"uri": str(checkpoint), "format": "huggingface"}),
+                      Conversion.model_validate({"samples": {"prompts": PROMPTS}}),
+                      Serving.model_validate({"runtime": "vllm", "gpus": 0,
+                                              "vllm": {"maxModelLength": 512, "maxConcurrentSequences": 8}}))
+    manifest = convert(request, d / "store")
+    triton = Triton(Path(manifest["repository"]), d, vllm=True)
+    try:
+        triton.start(timeout=600)
+    except Exception:
+        print(triton.log_tail(8000), file=sys.stderr)
+        raise
+    yield triton, checkpoint
+    triton.stop()
+
+
+def generate(triton: Triton, prompt: str, stream: bool = False, **params: Any) -> tuple[list[str], list[float]]:
+    return llm_support.generate(f"http://127.0.0.1:{triton.http_port}", "tiny", prompt, stream, **params)
+
+
+def test_greedy_answers_are_the_engines_own_called_in_process(served: tuple[Triton, Path]) -> None:
+    triton, checkpoint = served
+    want = in_process(checkpoint, PROMPTS)["texts"]
+    got = [generate(triton, p)[0][0] for p in PROMPTS]
+    assert got == [p + w for p, w in zip(PROMPTS, want, strict=True)]  # the prompt first, as the backend does
+    assert [generate(triton, p, exclude_input_in_output=True)[0][0] for p in PROMPTS] == want
+
+
+def test_streaming_delivers_the_first_piece_before_the_last(served: tuple[Triton, Path]) -> None:
+    triton, _ = served
+    whole = generate(triton, PROMPTS[0], exclude_input_in_output=True)[0][0]
+    pieces, times = generate(triton, PROMPTS[0], stream=True)
+    assert len(pieces) >= 3, pieces
+    assert "".join(pieces) == whole
+    assert times[0] < times[-1]
+
+
+def test_the_backends_inputs_over_grpc_streaming(served: tuple[Triton, Path]) -> None:
+    """text_input, stream, sampling_parameters (numbers as strings, as clients send them), exclude_input_in_output."""
+    triton, _ = served
+    results: queue.Queue[Any] = queue.Queue()
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
+    client.start_stream(callback=lambda result, error: results.put(error or result))
+
+    def tensor(name: str, value: Any, dtype: str) -> grpcclient.InferInput:
+        t = grpcclient.InferInput(name, [1], dtype)
+        t.set_data_from_numpy(np.array([value], dtype=np.object_ if dtype == "BYTES" else bool))
+        return t
+
+    inputs = [tensor("text_input", PROMPTS[1].encode(), "BYTES"), tensor("stream", True, "BOOL"),
+              tensor("sampling_parameters", json.dumps({"temperature": "0", "max_tokens": "5"}).encode(), "BYTES"),
+              tensor("exclude_input_in_output", True, "BOOL")]
+    client.async_stream_infer("tiny", inputs, enable_empty_final_response=True)
+    pieces = []
+    while True:
+        result = results.get(timeout=120)
+        assert not isinstance(result, Exception), result
+        output = result.as_numpy("text_output")
+        if output is not None:
+            pieces.append(output[0].decode())
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            break
+    client.stop_stream()
+    assert "".join(pieces) == generate(triton, PROMPTS[1], exclude_input_in_output=True, max_tokens=5)[0][0]
+
+
+def test_the_backends_metrics_are_on_tritons_port(served: tuple[Triton, Path]) -> None:
+    triton, _ = served
+    generate(triton, PROMPTS[2], stream=True)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{triton.metrics_port}/metrics", timeout=10).read().decode()
+    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                 "vllm:time_to_first_token_seconds_bucket", "vllm:time_per_output_token_seconds_bucket",
+                 "vllm:e2e_request_latency_seconds_count", "vllm:prompt_tokens_total",
+                 "vllm:generation_tokens_total", "vllm:request_success_total"):
+        assert f'{name}{{model="tiny"' in text, name
+    generated = next(float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith('vllm:generation_tokens_total{model="tiny"'))
+    assert generated >= 16
