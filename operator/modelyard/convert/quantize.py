@@ -120,8 +120,10 @@ def quantize(source: Path, out: Path, mode: Int8Mode, method: Calibration, calib
         # The dynamic quantizer turns a Gemm into <name>_MatMul + <name>_Add before it excludes by name: a Gemm
         # kept in fp32 is named both ways, or it is quantized all the same.
         names = [*exclude, *(f"{n}{GEMM_AS_MATMUL}" for n in exclude)]
+        # 7-bit weights (reduce_range): x86 CPUs without VNNI saturate the 16-bit sums of uint8 x int8 products,
+        # so 8-bit weights would compute differently on the node that serves than where the gate ran.
         quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=PER_CHANNEL_DYNAMIC,
-                         nodes_to_exclude=names or None)
+                         nodes_to_exclude=names or None, reduce_range=True)
         return
     methods = {Calibration.MINMAX: CalibrationMethod.MinMax, Calibration.PERCENTILE: CalibrationMethod.Percentile,
                Calibration.ENTROPY: CalibrationMethod.Entropy}
