@@ -109,3 +109,19 @@ def test_the_backends_metrics_are_on_tritons_port(served: tuple[Triton, Path]) -
     generated = next(float(line.split()[-1]) for line in text.splitlines()
                      if line.startswith('vllm:generation_tokens_total{model="tiny"'))
     assert generated >= 16
+
+
+def test_every_architecture_the_gate_accepts_is_one_the_engine_serves() -> None:
+    """hfcheck.SERVED_ARCHITECTURES against vLLM's own registry: the gate never promises a model the engine lacks."""
+    import subprocess
+
+    from modelyard.convert.hfcheck import SERVED_ARCHITECTURES
+    from tritonlocal import vllm_venv
+
+    proc = subprocess.run([str(vllm_venv() / "bin" / "python"), "-c",
+                           "import json; from vllm import ModelRegistry; "
+                           "print('ARCHS ' + json.dumps(sorted(ModelRegistry.get_supported_archs())))"],
+                          capture_output=True, text=True, timeout=300, check=True)
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("ARCHS "))
+    assert SERVED_ARCHITECTURES <= set(json.loads(line.removeprefix("ARCHS "))), (
+        sorted(SERVED_ARCHITECTURES - set(json.loads(line.removeprefix("ARCHS ")))))

@@ -40,16 +40,16 @@ SAFETENSORS_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F
                      "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
 
 SERVED_ARCHITECTURES = frozenset({
-    "BaichuanForCausalLM", "BloomForCausalLM", "CohereForCausalLM", "DeepseekForCausalLM", "DeepseekV2ForCausalLM",
+    "BloomForCausalLM", "CohereForCausalLM", "DeepseekForCausalLM", "DeepseekV2ForCausalLM",
     "DeepseekV3ForCausalLM", "ExaoneForCausalLM", "FalconForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM",
     "GemmaForCausalLM", "GPT2LMHeadModel", "GPTBigCodeForCausalLM", "GPTJForCausalLM", "GPTNeoXForCausalLM",
     "GraniteForCausalLM", "InternLM2ForCausalLM", "LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM",
-    "MPTForCausalLM", "OlmoForCausalLM", "Olmo2ForCausalLM", "OPTForCausalLM", "Phi3ForCausalLM", "PhiForCausalLM",
+    "OlmoForCausalLM", "Olmo2ForCausalLM", "OPTForCausalLM", "Phi3ForCausalLM", "PhiForCausalLM",
     "Qwen2ForCausalLM", "Qwen2MoeForCausalLM", "Qwen3ForCausalLM", "Qwen3MoeForCausalLM", "StableLmForCausalLM",
     "Starcoder2ForCausalLM",
 })
 """Decoder-only text models that vLLM serves with its own code; each is checked against vLLM's registry by the
-test suite (tests/llm), so the list never promises one the engine lacks."""
+test suite (tests/serving/test_vllm_serving.py), so the list never promises one the engine lacks."""
 
 
 @dataclass(frozen=True)
