@@ -7,8 +7,8 @@ as here, without the pod's network namespace. The floor: the same engine called 
 at the same concurrencies, in the same run.
 
 The client is a bounded one of this repository (threads, one streamed request each at a time, exactly
---max-tokens tokens a request with ignore_eos): aiperf and genai-perf install from PyPI but drive OpenAI-style
-endpoints with a tokenizer of their own, not Triton's generate_stream (docs/llm.md).
+--max-tokens tokens a request with ignore_eos). aiperf 0.13.0 installs from PyPI here and has template and raw
+endpoint types and a local tokenizer path, so it could drive generate_stream; that was not tried yet (docs/llm.md).
 
 Per concurrency 1, 8, 32: time to first token (median), inter-token latency (median of (last - first) /
 (tokens - 1) per request) and output tokens/s, for both, and path / floor.
