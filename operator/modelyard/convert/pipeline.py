@@ -337,7 +337,8 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
 
 
 def _fallback_story(int8: Int8Result) -> str:
-    tried = ", ".join(f"{len(a.kept_float)} node{'s' if len(a.kept_float) != 1 else ''} kept in fp32"
+    tried = ", ".join("all int8 with 7-bit weights" if a.weight_bits == 7 else
+                      f"{len(a.kept_float)} node{'s' if len(a.kept_float) != 1 else ''} kept in fp32"
                       for a in int8.attempts[1:])
     stopped = f"; the fallback stopped: {int8.stopped}" if int8.stopped else ""
     if not tried and stopped:

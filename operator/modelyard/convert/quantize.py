@@ -37,6 +37,9 @@ class Attempt:
     bytes: int
     summary: str
     top1: float | None = None
+    weight_bits: int = 8
+    """8, or 7 for dynamic int8's first fallback: onnxruntime's reduce_range, weights that cannot saturate the
+    16-bit sums of x86 CPUs without VNNI."""
 
 
 @dataclass
@@ -58,13 +61,16 @@ class Int8Result:
     """The fallback's ranking, most sensitive first: each node with the output error (rms over the spread, summed
     over the outputs and calibration feeds) of the model quantized with that node alone kept in fp32; None for the
     nodes past MAX_MEASURED, ranked by their weights alone. Empty when the fallback did not run."""
+    weight_bits: int = 8
+    """Of the artifact's int8 weights: 7 when the 7-bit attempt passed."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "calibration": self.calibration, "quantizedNodes": self.quantized,
                 "keptFloat": self.kept_float, "weightShareInt8": round(self.weight_share, 4),
-                "sizeRatio": round(self.size_ratio, 4),
+                "sizeRatio": round(self.size_ratio, 4), "weightBits": self.weight_bits,
                 "attempts": [{"keptFloat": len(a.kept_float), "passed": a.passed, "bytes": a.bytes,
-                              "top1": a.top1, "summary": a.summary} for a in self.attempts],
+                              "top1": a.top1, "summary": a.summary, "weightBits": a.weight_bits}
+                             for a in self.attempts],
                 "sensitivity": [{"node": n, "errorKeptAlone": None if e is None else round(e, 6)}
                                 for n, e in self.sensitivity]}
 
@@ -113,17 +119,15 @@ def weighted_nodes(path: Path) -> dict[str, int]:
 
 
 def quantize(source: Path, out: Path, mode: Int8Mode, method: Calibration, calibration: list[Feed],
-             exclude: list[str]) -> None:
+             exclude: list[str], reduce_range: bool = False) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if mode == Int8Mode.DYNAMIC:
         # The dynamic quantizer turns a Gemm into <name>_MatMul + <name>_Add before it excludes by name: a Gemm
         # kept in fp32 is named both ways, or it is quantized all the same.
         names = [*exclude, *(f"{n}{GEMM_AS_MATMUL}" for n in exclude)]
-        # 7-bit weights (reduce_range): x86 CPUs without VNNI saturate the 16-bit sums of uint8 x int8 products,
-        # so 8-bit weights would compute differently on the node that serves than where the gate ran.
         quantize_dynamic(str(source), str(out), weight_type=QuantType.QInt8, per_channel=PER_CHANNEL_DYNAMIC,
-                         nodes_to_exclude=names or None, reduce_range=True)
+                         nodes_to_exclude=names or None, reduce_range=reduce_range)
         return
     methods = {Calibration.MINMAX: CalibrationMethod.MinMax, Calibration.PERCENTILE: CalibrationMethod.Percentile,
                Calibration.ENTROPY: CalibrationMethod.Entropy}
@@ -213,15 +217,21 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
         attempts: list[Attempt] = []
         kept: list[str] = []
         result: Int8Result | None = None
+        reduce = False
+        # Dynamic int8's first fallback keeps every node int8 with 7-bit weights: on x86 CPUs without VNNI the
+        # 8-bit kernels saturate (16-bit sums of uint8 x int8 products), 7-bit ones cannot. Which is better depends
+        # on the model and the CPU, so 8-bit comes first, as measured where the gate runs.
+        seven_bit = 1 if mode == Int8Mode.DYNAMIC else 0
         for attempt in range(conversion.int8_fallback_attempts + 1):
-            if attempt:
+            reduce = attempt == 1 and bool(seven_bit)
+            if attempt and not reduce:
                 if ranking is None:
                     ranking = sensitivity(prepared, mode, method, calibration, work)
-                wanted = [name for name, _ in ranking[:2 ** (attempt - 1)]]
+                wanted = [name for name, _ in ranking[:2 ** (attempt - 1 - seven_bit)]]
                 if not wanted or wanted == kept:
                     break  # nothing more to keep in fp32
                 kept = wanted
-            quantize(prepared, candidate, mode, method, calibration, kept)
+            quantize(prepared, candidate, mode, method, calibration, kept, reduce_range=reduce)
             left = {_as_before(n, before): size for n, size in weighted_nodes(candidate).items()}
             float_bytes = sum(left.values())
             share = 1 - float_bytes / total
@@ -237,10 +247,12 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
                                   f"under the {MIN_QUANTIZED_SHARE:.0%} an int8 artifact must have")
                 break
             passed, summary, top1 = check(candidate)
-            attempts.append(Attempt(list(kept), passed, candidate.stat().st_size, summary, top1))
+            bits = 7 if reduce else 8
+            attempts.append(Attempt(list(kept), passed, candidate.stat().st_size, summary, top1, bits))
             result = Int8Result(str(mode), str(method) if mode == Int8Mode.STATIC else None,
                                 sorted(n for n in before if n not in left), sorted(set(left) | set(kept)), share,
-                                candidate.stat().st_size / fp32_bytes, attempts, sensitivity=ranking or [])
+                                candidate.stat().st_size / fp32_bytes, attempts, sensitivity=ranking or [],
+                                weight_bits=bits)
             if passed:
                 break
         assert result is not None
