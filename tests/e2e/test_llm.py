@@ -175,6 +175,7 @@ def test_concurrent_long_generations_scale_out_on_requests_waiting_and_back(
              timeout=300, interval=1)
 
 
+@pytest.mark.timeout(1200)  # two engines start on 2 cores, one of them while the other serves
 def test_a_canary_with_a_slower_engine_is_rolled_back_on_time_to_first_token(
     cluster: LocalCluster, admin: Kube, operator_process: OperatorProcess, namespace: str, tmp_path: Path,
 ) -> None:
@@ -193,6 +194,15 @@ def test_a_canary_with_a_slower_engine_is_rolled_back_on_time_to_first_token(
     manifest["spec"]["serving"]["vllm"]["maxConcurrentSequences"] = 1
     cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
+    def canary_ready() -> bool | None:
+        latest = ((admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}).get("status", {}).get("revisions") or {}).get(
+            "latest") or {}
+        return (latest.get("name") != stable and latest.get("readyReplicas", 0) >= 1) or None
+
+    # The load starts once the canary's engine is up: on 2 cores, streams on the stable engine would starve its
+    # start. Then the canary gets its share at the first step, and its first tokens wait.
+    wait_for("the canary's pod to be Ready", canary_ready, timeout=900, interval=2)
+
     def progressing() -> dict[str, Any] | None:
         conds = {c["type"]: c for c in (admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}).get("status", {}).get(
             "conditions", [])}
@@ -200,7 +210,7 @@ def test_a_canary_with_a_slower_engine_is_rolled_back_on_time_to_first_token(
         return cond if cond.get("reason") == "CanaryRolledBack" else None
 
     with Streams(cluster, f"{NAME}.{namespace}.local", count=6, max_tokens=48) as load:
-        rolled_back = wait_for("the canary to be rolled back", progressing, timeout=900, interval=2)
+        rolled_back = wait_for("the canary to be rolled back", progressing, timeout=240, interval=2)
     assert "ttft-p90-vs-stable" in rolled_back["message"], rolled_back
     body = admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}
     assert body["status"]["revisions"]["stable"]["name"] == stable

@@ -216,7 +216,8 @@ class Conversion(Spec):
     int8_fallback_attempts: int = Field(
         default=4, ge=0, le=8,
         description="With int8, when validation fails: how many more quantizations to try, each keeping more of "
-        "the nodes most sensitive to int8 (1, 2, 4, 8, ...) in fp32. 0: none.",
+        "the nodes most sensitive to int8 (1, 2, 4, 8, ...) in fp32; in dynamic mode the first of them keeps every "
+        "node int8 with 7-bit weights (no saturation on x86 CPUs without VNNI). 0: none.",
     )
     opset: int = Field(default=17, ge=13, le=23, description="ONNX opset of the exported model.")
     tolerance: Tolerance = Field(default_factory=Tolerance, description="How close the result must stay.")
