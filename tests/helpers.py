@@ -137,9 +137,10 @@ def operator_watching(kubeconfig: Path, namespace: str, log: Path) -> Iterator[s
 
 
 @contextmanager
-def moto_s3(log_dir: Path) -> Iterator[str]:
-    """A real S3-compatible server process (moto's server mode) on loopback while the block runs, with the AWS_*
-    variables of this process pointing at it; yields its endpoint. Not a mock: boto3 talks HTTP to it."""
+def moto_s3(log_dir: Path, listen: str = "127.0.0.1") -> Iterator[str]:
+    """A real S3-compatible server process (moto's server mode) on loopback (or on `listen`, e.g. 0.0.0.0 for the
+    process kubelet's pods, which reach the host at its node IP) while the block runs, with the AWS_* variables of
+    this process pointing at it; yields its loopback endpoint. Not a mock: boto3 talks HTTP to it."""
     import shutil
     import sys
     import urllib.request
@@ -151,7 +152,7 @@ def moto_s3(log_dir: Path) -> Iterator[str]:
     port = free_port()
     log = log_dir / "moto.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([exe, "-H", listen, "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

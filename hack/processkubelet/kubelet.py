@@ -34,7 +34,7 @@ from processkubelet.plan import (
     plan_container,
     with_local_repository,
 )
-from processkubelet.podstatus import ContainerView, pod_status
+from processkubelet.podstatus import ContainerView, completed, pod_status
 from processkubelet.supervisor import Backoff, ContainerRunner, rfc3339
 
 log = logging.getLogger("processkubelet")
@@ -283,6 +283,15 @@ class PodWorker(threading.Thread):
         self.key = f"{meta['namespace']}/{meta['name']}"
         self.dir = kubelet.state / "pods" / f"{meta['namespace']}_{meta['name']}_{self.uid[:8]}"
         self.runners: dict[str, ContainerRunner] = {}
+        self.inits: list[ContainerRunner] = []
+        """The init containers, in order: each runs to completion before the next; the containers after all."""
+        self.plans: list[ProcessPlan] = []
+        """The containers' plans, made with the init containers' and run once those completed (the shadow of a
+        model repository an init container fills is made then)."""
+        self.prepared = False
+        self.images: dict[str, str] = {}
+        self.grace = 30.0
+        self.policy = "Always"
         self.waiting: dict[str, Obj] = {}
         self.sent: Obj | None = None
         self.halt = False
@@ -305,7 +314,7 @@ class PodWorker(threading.Thread):
             self._loop(ip)
         except Exception:
             log.exception("pod %s: worker failed", self.key)
-            for runner in self.runners.values():
+            for runner in self._all():
                 runner.stop(0)
         finally:
             self.kubelet.network.teardown(ip)
@@ -322,16 +331,16 @@ class PodWorker(threading.Thread):
             with self.lock:
                 pod = self.latest
             if pod is None or self.halt:  # gone from the API (force-deleted) or the kubelet stops
-                for runner in self.runners.values():
+                for runner in self._all():
                     runner.stop(0)
                 return
             if pod["metadata"].get("deletionTimestamp"):
                 self._terminate(pod, ip, started)
                 return
             now = time.time()
-            if not self.runners and now >= retry_at:
+            if not self.prepared and now >= retry_at:
                 try:
-                    self.runners = self._prepare(pod, ip)
+                    self._prepare(pod, ip)
                     self.waiting = {}
                 except PlanError as exc:
                     failures += 1
@@ -339,31 +348,47 @@ class PodWorker(threading.Thread):
                     if reason == "ErrImagePull" and failures > 1:
                         reason = "ImagePullBackOff"
                     self.waiting = {c["name"]: {"waiting": {"reason": reason, "message": exc.message}}
-                                    for c in pod["spec"]["containers"]}
+                                    for c in [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]}
                     retry_at = now + min(self.kubelet.backoff.cap, self.kubelet.backoff.base * failures)
                     log.info("pod %s: %s: %s", self.key, exc.reason, exc.message)
+            for init in self.inits:
+                if not completed(self._view(init.plan.container, init)):
+                    init.tick(now)
+                    break
+            else:
+                if self.prepared and not self.runners:
+                    self.runners = {p.container: self._runner(p, self._localize(p)) for p in self.plans}
             for runner in self.runners.values():
                 runner.tick(now)
             self._report(pod, ip, started)
             self.wake.wait(0.25)
             self.wake.clear()
 
-    def _views(self, pod: Obj) -> list[ContainerView]:
+    def _all(self) -> list[ContainerRunner]:
+        return [*self.inits, *self.runners.values()]
+
+    def _view(self, name: str, r: ContainerRunner) -> ContainerView:
+        return ContainerView(name, r.image, r.state, r.last_state, r.ready, r.started, r.restart_count)
+
+    def _views(self, pod: Obj, init: bool = False) -> list[ContainerView]:
         views = []
-        for c in pod["spec"]["containers"]:
-            r = self.runners.get(c["name"])
+        runners = {r.plan.container: r for r in self.inits} if init else self.runners
+        # The containers wait for the init containers as a kubelet reports it.
+        creating = "PodInitializing" if self.prepared and not init else "ContainerCreating"
+        for c in pod["spec"].get("initContainers" if init else "containers", []):
+            r = runners.get(c["name"])
             if r is None:
-                state = self.waiting.get(c["name"], {"waiting": {"reason": "ContainerCreating"}})
+                state = self.waiting.get(c["name"], {"waiting": {"reason": creating}})
                 views.append(ContainerView(c["name"], c.get("image", ""), state, {}, False, False, 0))
             else:
-                views.append(ContainerView(c["name"], c.get("image", ""), r.state, r.last_state, r.ready, r.started,
-                                           r.restart_count))
+                views.append(self._view(c["name"], r))
         return views
 
     def _report(self, pod: Obj, ip: str, started: str) -> None:
         # Transition times come from what was last sent: the watch may not have brought it back yet.
         basis = {**pod, "status": self.sent} if self.sent else pod
-        status = pod_status(basis, self._views(pod), ip, self.kubelet.node.ip, started, rfc3339(time.time()))
+        status = pod_status(basis, self._views(pod), ip, self.kubelet.node.ip, started, rfc3339(time.time()),
+                            init=self._views(pod, init=True))
         if status == self.sent:
             return
         meta = pod["metadata"]
@@ -380,9 +405,9 @@ class PodWorker(threading.Thread):
     def _terminate(self, pod: Obj, ip: str, started: str) -> None:
         meta = pod["metadata"]
         grace = float(meta.get("deletionGracePeriodSeconds", pod["spec"].get("terminationGracePeriodSeconds", 30)))
-        for runner in self.runners.values():
+        for runner in self._all():
             runner.kill(grace)
-        threads = [threading.Thread(target=r.stop, args=(grace,)) for r in self.runners.values()]
+        threads = [threading.Thread(target=r.stop, args=(grace,)) for r in self._all()]
         for t in threads:
             t.start()
         for t in threads:
@@ -447,7 +472,7 @@ class PodWorker(threading.Thread):
     def _env_sources(self, pod: Obj) -> dict[tuple[str, str], Mapping[str, str] | None]:
         api, ns = self.kubelet.api, pod["metadata"]["namespace"]
         wanted: set[tuple[str, str]] = set()
-        for c in pod["spec"]["containers"]:
+        for c in [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]:
             for item in c.get("envFrom", []):
                 if "secretRef" in item:
                     wanted.add(("secret", item["secretRef"]["name"]))
@@ -466,18 +491,26 @@ class PodWorker(threading.Thread):
             out[(kind, name)] = None if obj is None else _decode(obj.get("data"), kind == "secret")
         return out
 
-    def _prepare(self, pod: Obj, ip: str) -> dict[str, ContainerRunner]:
+    def _prepare(self, pod: Obj, ip: str) -> None:
+        """Plan every container (a plan error fails them all, before anything runs) and make the init containers'
+        runners; the containers' runners are made once the init containers completed."""
         ctx = PodContext(pod_ip=ip, host_ip=self.kubelet.node.ip, pod_dir=str(self.dir),
                          volumes=self._volumes(pod), env_sources=self._env_sources(pod), netns=self.netns)
-        if pod["spec"].get("initContainers"):
-            raise PlanError("CreateContainerConfigError", "init containers are not supported by the process kubelet")
-        plans = [plan_container(pod, c, ctx, self.kubelet.images, self.kubelet.runtime)
-                 for c in pod["spec"]["containers"]]
-        grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
-        policy = pod["spec"].get("restartPolicy", "Always")
-        images = {c["name"]: c.get("image", "") for c in pod["spec"]["containers"]}
-        return {p.container: ContainerRunner(self._localize(p), images[p.container], policy, grace,
-                                             self.kubelet.backoff) for p in plans}
+        inits = [plan_container(pod, c, ctx, self.kubelet.images, self.kubelet.runtime)
+                 for c in pod["spec"].get("initContainers", [])]
+        self.plans = [plan_container(pod, c, ctx, self.kubelet.images, self.kubelet.runtime)
+                      for c in pod["spec"]["containers"]]
+        self.images = {c["name"]: c.get("image", "")
+                       for c in [*pod["spec"].get("initContainers", []), *pod["spec"]["containers"]]}
+        self.grace = float(pod["spec"].get("terminationGracePeriodSeconds", 30))
+        self.policy = pod["spec"].get("restartPolicy", "Always")
+        # An init container that fails runs again (with back-off) unless the pod's policy is Never.
+        self.inits = [self._runner(p, p, "Never" if self.policy == "Never" else "OnFailure") for p in inits]
+        self.prepared = True
+
+    def _runner(self, plan: ProcessPlan, run: ProcessPlan, policy: str | None = None) -> ContainerRunner:
+        return ContainerRunner(run, self.images[plan.container], policy or self.policy, self.grace,
+                               self.kubelet.backoff)
 
     def _localize(self, plan: ProcessPlan) -> ProcessPlan:
         """Triton: serve a python-backend shadow of a local model repository (the wheel's Triton has no other)."""

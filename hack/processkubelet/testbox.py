@@ -9,6 +9,7 @@
     orphan                                start a child that ignores SIGTERM and print its pid, then sleep
                                           until SIGTERM: the child outlives its parent unless it is reaped
     write PATH TEXT                       write TEXT to PATH, then sleep until SIGTERM
+    put PATH TEXT                         write TEXT to PATH and exit 0 (an init container's work)
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ def main(argv: list[str]) -> int:
             with open(os.environ.get("TERMINATION_PATH", "/dev/termination-log"), "w") as fh:
                 fh.write(rest[1])
         return int(rest[0])
+    elif cmd == "put":
+        with open(rest[0], "w") as fh:
+            fh.write(rest[1])
+        return 0
     elif cmd == "orphan":
         child = os.fork()
         if child == 0:

@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import yaml
 
 from conversion_support import condition
-from helpers import bound_claim, wait_for
+from helpers import MOTO_SECRET, bound_claim, moto_s3, wait_for
 from llm_support import PROMPTS, generate, in_process, running
 from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
 from modelyard.kube.client import MODEL_DEPLOYMENTS, PODS, Kube
@@ -103,6 +104,39 @@ def test_a_tiny_llama_is_staged_gated_served_and_streamed_through_the_gateway(
     pieces, _ = generate(cluster.gateway_url, NAME, PROMPTS[1], stream=True, host=host, max_tokens=256,
                          ignore_eos=True, on_first=lambda: seen.append(running(f"http://{ip}:8002/metrics", NAME)))
     assert seen == [1.0] and len(pieces) > 100, (seen, len(pieces))
+
+    # Before Triton started, the pod's init container verified the repository and the staged weights.
+    (pod,) = serving_pods(admin, namespace, NAME)
+    (weights,) = pod["status"]["initContainerStatuses"]
+    verified = json.loads(weights["state"]["terminated"]["message"])
+    assert verified["ok"] is True and verified["weights"].startswith("weights/"), verified
+    # A staged file changed on the claim: the next pod refuses it before Triton starts, and the model says why.
+    planted = tmp_path / "converted" / verified["weights"] / "model.safetensors"
+    planted.write_bytes(planted.read_bytes()[:-4] + b"\0\0\0\0")
+    refused_in_pod(admin, namespace, NAME, pod["metadata"]["name"])
+
+
+def serving_pods(admin: Kube, namespace: str, name: str) -> list[dict[str, Any]]:
+    return list(admin.list_by_labels(PODS, namespace, {"modelyard.dev/deployment": name,
+                                                       "app.kubernetes.io/component": "inference-server"}))
+
+
+def refused_in_pod(admin: Kube, namespace: str, name: str, old_pod: str) -> dict[str, Any]:
+    """Delete the serving pod; its replacement's init container refuses the weights: a condition with reason
+    WeightsUnverified naming the file, and the Triton container never started."""
+    admin.delete(PODS, namespace, old_pod)
+
+    def unverified() -> dict[str, Any] | None:
+        body = admin.get(MODEL_DEPLOYMENTS, namespace, name) or {}
+        return next((c for c in body.get("status", {}).get("conditions", [])
+                     if c.get("reason") == "WeightsUnverified"), None)
+
+    cond = wait_for("the new pod to refuse the weights", unverified, timeout=180, interval=1)
+    assert "model.safetensors has sha256" in cond["message"] and "Triton does not start" in cond["message"], cond
+    for pod in serving_pods(admin, namespace, name):
+        if pod["metadata"]["name"] != old_pod:
+            assert "running" not in pod["status"]["containerStatuses"][0]["state"], pod["status"]
+    return cond
 
 
 class Streams:
@@ -216,3 +250,42 @@ def test_a_canary_with_a_slower_engine_is_rolled_back_on_time_to_first_token(
     assert body["status"]["revisions"]["stable"]["name"] == stable
     assert condition(body, "Ready")["status"] == "True"
     assert not load.errors, load.errors[:3]
+
+
+def test_from_an_s3_store_the_pod_fetches_verified_weights_and_refuses_tampered_ones(
+    cluster: LocalCluster, admin: Kube, operator_process: OperatorProcess, namespace: str, tmp_path: Path,
+) -> None:
+    """conversion.store on S3 (a real S3-compatible server, moto, on the host): the Job stages the weights and the
+    repository in the bucket; each Triton pod's init container fetches both into the pod and verifies them there,
+    and Triton serves that copy. A weights object replaced in the bucket is refused by the next pod."""
+    checkpoint = _checkpoint(cluster, namespace, tmp_path)
+    node = json.loads(cluster.kubectl("get", "nodes", "-l", "modelyard.dev/kubelet=process", "-o", "json").stdout)
+    node_ip = next(a["address"] for a in node["items"][0]["status"]["addresses"] if a["type"] == "InternalIP")
+    with moto_s3(tmp_path, listen="0.0.0.0") as endpoint:
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="models")
+        cluster.kubectl("create", "secret", "generic", "store-creds", "-n", namespace,
+                        "--from-literal=AWS_ACCESS_KEY_ID=modelyard", "--from-literal=AWS_DEFAULT_REGION=us-east-1",
+                        f"--from-literal=AWS_SECRET_ACCESS_KEY={MOTO_SECRET}")
+        manifest = llm_manifest(namespace)
+        manifest["spec"]["conversion"].update({
+            "store": "s3://models/llm", "storeEndpoint": f"http://{node_ip}:{endpoint.rsplit(':', 1)[1]}",
+            "storeCredentialsSecretRef": {"name": "store-creds"}})
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        wait_ready(cluster, admin, namespace, NAME, timeout=900)
+        objects = [o["Key"] for o in s3.list_objects_v2(Bucket="models", Prefix="llm/")["Contents"]]
+        assert any(k.endswith("/model.safetensors") and "/weights/" in k for k in objects), objects
+
+        through_gateway(cluster, namespace)
+        want = in_process(checkpoint, PROMPTS[:1])["texts"]
+        assert generate(cluster.gateway_url, NAME, PROMPTS[0], host=f"{NAME}.{namespace}.local")[0] == [
+            PROMPTS[0] + want[0]]
+        (pod,) = serving_pods(admin, namespace, NAME)
+        verified = json.loads(pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["message"])
+        assert verified["ok"] is True and verified["weights"].startswith("weights/"), verified
+
+        s3.put_object(Bucket="models", Key=f"llm/{verified['weights']}/model.safetensors", Body=b"not the weights")
+        refused_in_pod(admin, namespace, NAME, pod["metadata"]["name"])
+    body = admin.get(MODEL_DEPLOYMENTS, namespace, NAME) or {}
+    events = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+    assert MOTO_SECRET not in json.dumps(body) + events + cluster.container_logs(namespace)

@@ -530,7 +530,6 @@ LLM_INVALID = [
      "serving.vllm.tensorParallelSize must divide serving.gpus"),
     ({"spec__conversion": None}, "a huggingface checkpoint is a directory on pvc:// or under an s3:// prefix"),
     ({"spec__model__uri": "https://hub.example.com/llama"}, "a huggingface checkpoint is a directory on pvc://"),
-    ({"spec__conversion": {"store": "s3://bucket/converted"}}, "a huggingface checkpoint is staged on a pvc://"),
     ({"spec__model__signature": {"inputs": [{"name": "x", "dataType": "FP32", "shape": [1]}],
                                  "outputs": [{"name": "y", "dataType": "FP32", "shape": [1]}]}},
      "model.signature is for tensor models"),
@@ -563,7 +562,10 @@ def test_prompts_on_a_tensor_model_are_rejected_and_an_llm_manifest_passes(
     for changes in ({}, {"spec__serving__vllm": {"tensorParallelSize": 2}}, {"spec__serving__vllm": None},
                     {"spec__serving__gpus": 0, "spec__serving__vllm": {"dtype": "float32"}},
                     {"spec__conversion": {"store": "pvc://models/c", "samples": {"prompts": ["Hi", "Bye"]},
-                                          "tolerance": {"maxPerplexityRatio": 1.1, "minTop1Agreement": 0.95}}}):
+                                          "tolerance": {"maxPerplexityRatio": 1.1, "minTop1Agreement": 0.95}}},
+                    {"spec__conversion": {"store": "s3://bucket/converted", "storeEndpoint": "http://minio:9000",
+                                          "storeCredentialsSecretRef": {"name": "store"}}},
+                    {"spec__model__uri": "s3://checkpoints/llama", "spec__conversion": {"store": "s3://bucket/c"}}):
         proc = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(_llm(namespace, **changes)),
                                check=False)
         assert proc.returncode == 0, (changes, proc.stderr)

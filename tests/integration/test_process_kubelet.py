@@ -81,6 +81,45 @@ def test_a_job_pod_reports_its_exit_code_and_termination_message(
     assert status_of(admin, namespace, "once")["phase"] == "Failed"
 
 
+def test_init_containers_run_in_order_to_completion_before_the_containers(
+    cluster: LocalCluster, admin: Kube, namespace: str
+) -> None:
+    box = "modelyard.local/testbox:1"
+    shared = [{"name": "shared", "mountPath": "/shared"}]
+    # The second init container needs the first's file; the container is Ready only once the second's is there.
+    ok = pod("inits", namespace, {
+        "image": box, "args": ["serve", "$(POD_IP)", "8080", "--ready-file", "/shared/second"], "volumeMounts": shared,
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1}},
+        initContainers=[
+            {"name": "first", "image": box, "args": ["put", "/shared/first", "1"], "volumeMounts": shared},
+            {"name": "second", "image": "modelyard.local/testbox:1", "command": ["python", "-c",
+             "import shutil; shutil.copy('/shared/first', '/shared/second')"], "volumeMounts": shared}],
+        volumes=[{"name": "shared", "emptyDir": {}}])
+    refused = pod("refused", namespace, {"image": box, "args": ["sleep"]}, initContainers=[
+        {"name": "weights", "image": box, "args": ["exit", "1", '{"ok":false,"reason":"WeightsUnverified"}']}])
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [ok, refused]}))
+    status = wait_for("the pod after its init containers to be Ready", lambda: (s := status_of(
+        admin, namespace, "inits")) and any(c["type"] == "Ready" and c["status"] == "True"
+                                            for c in s.get("conditions", [])) and s, timeout=60)
+    inits = {c["name"]: c["state"] for c in status["initContainerStatuses"]}
+    assert inits["first"]["terminated"]["exitCode"] == 0 == inits["second"]["terminated"]["exitCode"]
+    assert inits["first"]["terminated"]["finishedAt"] <= inits["second"]["terminated"]["startedAt"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Initialized"] == "True"
+
+    # A failing init container runs again with back-off; the container never starts; the pod stays Pending.
+    status = wait_for("the failed init container to be reported", lambda: (s := status_of(
+        admin, namespace, "refused")) and any(
+        (c.get("lastState") or c.get("state", {})).get("terminated", {}).get("exitCode") == 1
+        for c in s.get("initContainerStatuses", [])) and s, timeout=60)
+    (weights,) = status["initContainerStatuses"]
+    ended = weights.get("lastState", {}).get("terminated") or weights["state"]["terminated"]
+    assert ended["message"] == '{"ok":false,"reason":"WeightsUnverified"}'
+    assert status["phase"] == "Pending"
+    assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "PodInitializing"}}
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Initialized"] == "False"
+
+
 def test_an_unmapped_image_and_a_missing_secret_are_reported_as_a_kubelet_would(
     cluster: LocalCluster, admin: Kube, namespace: str
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -114,6 +115,28 @@ def test_an_exited_container_is_reported_with_its_exit_code_and_last_words() -> 
     assert state.reason == "ContainerRestarted"
     assert "restarted (1 restarts) after it exited with code 137 (Error)" in state.message
     pod["status"]["containerStatuses"][0]["ready"] = True  # type: ignore[index]
+    assert observe_revision("r", deployment(0), [pod], 1).reason == "Progressing"
+
+
+def test_an_llm_pod_whose_weights_do_not_verify_says_what_differs() -> None:
+    refused = {"exitCode": 1, "reason": "Error", "message": json.dumps({
+        "ok": False, "reason": "WeightsUnverified",
+        "message": "the staged weights under weights/ab are not what was staged and gated: x has sha256 1"})}
+    pod = {"metadata": {"name": "m-r-1"}, "status": {
+        "initContainerStatuses": [{"name": "weights", "restartCount": 2, "state": {"waiting": {
+            "reason": "CrashLoopBackOff", "message": "back-off 20s"}}, "lastState": {"terminated": refused}}],
+        "containerStatuses": [{"name": "triton", "state": {"waiting": {"reason": "PodInitializing"}}}]}}
+    state = observe_revision("r", deployment(0), [pod], 1)
+    assert state.reason == "WeightsUnverified"
+    assert state.message == ("0/2 replicas ready; pod m-r-1: the staged weights under weights/ab are not what was "
+                             "staged and gated: x has sha256 1")
+    # Killed before it wrote its result: the tail of its log, still with the weights' reason.
+    pod["status"]["initContainerStatuses"][0]["lastState"] = {  # type: ignore[index]
+        "terminated": {"exitCode": 137, "message": "MemoryError"}}
+    state = observe_revision("r", deployment(0), [pod], 1)
+    assert state.reason == "WeightsUnverified" and "not verified: MemoryError" in state.message
+    # Verified: the init container completed, the pod initialises as any other.
+    pod["status"]["initContainerStatuses"][0] = {"name": "weights", "state": {"terminated": {"exitCode": 0}}}
     assert observe_revision("r", deployment(0), [pod], 1).reason == "Progressing"
 
 

@@ -13,6 +13,7 @@ from modelyard.api.v1alpha1.types import DEFAULT_VLLM_IMAGE
 from modelyard.cli import render_manifest
 from modelyard.convert.llm import engine_args, served_dtype
 from modelyard.convert.tritonconfig import vllm_model_config
+from modelyard.settings import DEFAULT_CONVERTER_IMAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -37,6 +38,45 @@ def test_the_tp4_pod_runs_the_vllm_image_with_minute_probes_shared_memory_and_no
     assert next(m for m in triton["volumeMounts"] if m["name"] == "model-repository")["readOnly"] is True
     args = job["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--served-store") + 1] == "/models/converted"
+
+
+def _init(deployment: dict) -> dict:
+    (init,) = deployment["spec"]["template"]["spec"]["initContainers"]
+    assert init["name"] == "weights" and init["command"] == ["python", "-m", "modelyard.convert.weights"]
+    assert init["securityContext"]["runAsNonRoot"] and init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    return init
+
+
+def test_the_weights_are_verified_in_the_pod_before_triton_starts() -> None:
+    _job, deployment, _service = render_manifest(_tp4())
+    init = _init(deployment)
+    assert init["image"] == DEFAULT_CONVERTER_IMAGE
+    assert init["args"] == ["--store", "/models/converted", "--key", "<key>", "--name", "llama-70b",
+                            "--served-root", "/models/converted", "--termination-log", "/dev/termination-log"]
+    assert init["volumeMounts"][0] == {"name": "model-repository", "mountPath": "/models", "readOnly": True}
+    assert "envFrom" not in init
+
+
+def test_from_an_s3_store_the_pod_fetches_and_verifies_and_triton_reads_that_copy() -> None:
+    doc = _tp4()
+    doc["spec"]["conversion"].update({"store": "s3://models/llm", "storeEndpoint": "http://minio:9000",
+                                      "storeCredentialsSecretRef": {"name": "store-creds"}})
+    job, deployment, _service = render_manifest(doc)
+    pod = deployment["spec"]["template"]["spec"]
+    init = _init(deployment)
+    assert init["args"][:7] == ["--store", "s3://models/llm", "--store-endpoint", "http://minio:9000", "--to",
+                                "/models", "--key"]
+    assert init["args"][init["args"].index("--served-root") + 1] == "/models"
+    assert init["envFrom"] == [{"secretRef": {"name": "store-creds"}, "prefix": "STORE_"}]
+    assert init["volumeMounts"][0] == {"name": "model-repository", "mountPath": "/models", "readOnly": False}
+    assert next(v for v in pod["volumes"] if v["name"] == "model-repository") == {"name": "model-repository",
+                                                                                  "emptyDir": {}}
+    triton = pod["containers"][0]
+    assert "--model-repository=/models/<key>" in triton["args"] and "envFrom" not in triton
+    assert next(m for m in triton["volumeMounts"] if m["name"] == "model-repository")["readOnly"] is True
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--served-store") + 1] == "/models"
 
 
 def test_an_image_set_by_the_user_is_kept() -> None:

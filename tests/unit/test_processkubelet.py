@@ -174,6 +174,32 @@ def test_phase(states: list[dict[str, Any]], policy: str, want: str) -> None:
     assert phase([_c(s) for s in states], policy) == want
 
 
+@pytest.mark.parametrize(("init", "policy", "want"), [
+    ([WAITING], "Always", "Pending"),
+    ([RUNNING], "Always", "Pending"),
+    ([_done(0), RUNNING], "Always", "Pending"),  # one after the other
+    ([_done(1)], "Always", "Pending"),  # it runs again, with back-off
+    ([_done(1)], "Never", "Failed"),
+    ([_done(0), _done(0)], "Always", "Running"),  # initialised: the containers' phase
+])
+def test_phase_with_init_containers(init: list[dict[str, Any]], policy: str, want: str) -> None:
+    assert phase([_c(RUNNING)], policy, [_c(s) for s in init]) == want
+
+
+def test_init_containers_are_reported_and_hold_initialized_until_they_complete() -> None:
+    pod = {"metadata": {"uid": "u"}, "spec": {"restartPolicy": "Always"}, "status": {}}
+    waiting = {"waiting": {"reason": "PodInitializing"}}
+    status = pod_status(pod, [_c(waiting)], "198.18.0.2", "198.18.0.1", "t0", "t1", init=[_c(RUNNING)])
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert (conditions["Initialized"]["status"], conditions["Initialized"]["reason"]) == (
+        "False", "ContainersNotInitialized")
+    assert status["phase"] == "Pending" and status["initContainerStatuses"][0]["state"] == RUNNING
+    done = pod_status(pod, [_c(RUNNING, ready=True)], "198.18.0.2", "198.18.0.1", "t0", "t2", init=[_c(_done(0))])
+    assert {c["type"]: c["status"] for c in done["conditions"]}["Initialized"] == "True"
+    assert done["phase"] == "Running" and "initContainerStatuses" not in pod_status(
+        pod, [_c(RUNNING)], "198.18.0.2", "198.18.0.1", "t0", "t2")
+
+
 def test_ready_follows_the_containers_and_transition_times_are_kept() -> None:
     pod = {"metadata": {"uid": "u"}, "spec": {"restartPolicy": "Always"}, "status": {}}
     first = pod_status(pod, [_c(RUNNING, ready=False)], "198.18.0.2", "198.18.0.1", "t0", "t1")

@@ -41,6 +41,8 @@ class Reason(StrEnum):
     """A container of a pod that is not ready has exited (the message has its exit code and reason)."""
     CONTAINER_RESTARTED = "ContainerRestarted"
     """A container restarted after an exit and is not ready again yet."""
+    WEIGHTS_UNVERIFIED = "WeightsUnverified"
+    """An LLM pod's init container found the repository or the staged weights other than staged: Triton not started."""
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     # Ready=False: the operator cannot act on the spec
     SOURCE_UNSUPPORTED = "SourceUnsupported"

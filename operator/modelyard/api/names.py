@@ -132,3 +132,6 @@ def traefik_backend(namespace: str, service: str, port: int) -> str:
     """Traefik's name for a Gateway API backend, the `service` label of its metrics (provider.Normalize of
     <namespace>-<service>-http-<port>: every run of other characters folded to '-')."""
     return "-".join(re.split(r"[^0-9A-Za-z]+", f"{namespace}-{service}-http-{port}")) + "@kubernetesgateway"
+
+WEIGHTS_CONTAINER = "weights"
+"""The LLM pod's init container that verifies the staged weights (its failures have reason WeightsUnverified)."""

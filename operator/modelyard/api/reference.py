@@ -21,6 +21,10 @@ REASONS: dict[Reason, str] = {
     "missing.",
     Reason.CONTAINER_TERMINATED: "A Triton container of a pod that is not ready has exited; the message has the "
     "pod, the exit code, the kubelet's reason and the container's last words. The kubelet restarts it.",
+    Reason.WEIGHTS_UNVERIFIED: "An LLM pod's init container `weights` found the model repository, or the staged "
+    "weights its model.json names, other than they were staged (a file's sha256, a file not in the manifest, a "
+    "manifest whose digests do not hash to the weights' key, model.json naming something else): Triton is not "
+    "started on them. The message says what differs; the revision that serves is not touched.",
     Reason.CONTAINER_RESTARTED: "A Triton container restarted after an exit (the message says how it ended) and "
     "its readiness probe has not passed again yet.",
     Reason.PROGRESS_DEADLINE_EXCEEDED: "The revision did not become available within 15 minutes.",

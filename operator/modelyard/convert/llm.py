@@ -14,7 +14,6 @@ the prompts and the perplexity ratio on them, cast against the checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import uuid
@@ -25,7 +24,8 @@ from typing import Any
 from modelyard.api.v1alpha1.llm import LLMDType, VLLMEngine
 from modelyard.convert.errors import ConversionFailed, TokenizerUnusable, ValidationFailed
 from modelyard.convert.hfcheck import Checkpoint, check_checkpoint, load_tokenizer
-from modelyard.convert.store import MANIFEST, DirectoryStore, Store, verify
+from modelyard.convert.store import MANIFEST, DirectoryStore, Store
+from modelyard.convert.weights import WEIGHTS, verify_weights, weights_digest
 
 DEFAULT_PROMPTS = (
     "The capital of France is",
@@ -41,7 +41,6 @@ NEW_TOKENS = 16
 """Tokens each prompt generates in the gate."""
 DEFAULT_MIN_NEXT_TOKEN_AGREEMENT = 0.98
 DEFAULT_MAX_PERPLEXITY_RATIO = 1.05
-WEIGHTS = "weights"
 
 
 def served_dtype(checkpoint_dtype: str, engine: VLLMEngine, gpus: int) -> str:
@@ -52,11 +51,6 @@ def served_dtype(checkpoint_dtype: str, engine: VLLMEngine, gpus: int) -> str:
     if checkpoint_dtype == "float32" and gpus > 0:
         return "float16"
     return checkpoint_dtype
-
-
-def weights_digest(files: dict[str, str]) -> str:
-    """The staged copy's name: a digest of every file's path and sha256."""
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -73,7 +67,7 @@ def stage_weights(store: Store, checkpoint: Checkpoint, files: dict[str, str], s
     published = store.find(key)
     problem = None
     if published is not None:
-        problem = verify(store, key, published)
+        problem = verify_weights(store, key, published)
         if problem is None:
             return Staged(key, True)
     # Beside its final place where the store is a directory (a claim): one copy, then a rename, nothing through

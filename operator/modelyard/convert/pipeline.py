@@ -26,7 +26,7 @@ from modelyard.convert import CONVERTER_VERSION
 from modelyard.convert.confine import check_tree, size_text
 from modelyard.convert.errors import ConversionUnsupported, SourceRefused, SourceUnreadable
 from modelyard.convert.hfcheck import check_checkpoint
-from modelyard.convert.llm import DEFAULT_PROMPTS, check_and_gate, engine_args, stage_weights, weights_digest
+from modelyard.convert.llm import DEFAULT_PROMPTS, check_and_gate, engine_args, stage_weights
 from modelyard.convert.models import (
     KERAS_SUFFIXES,
     Runnable,
@@ -44,6 +44,7 @@ from modelyard.convert.store import MANIFEST, Store, file_digests, open_store, v
 from modelyard.convert.transform import check_supported, export_onnx, export_torchscript, prune, to_fp16
 from modelyard.convert.tritonconfig import model_config, to_pbtxt, vllm_model_config
 from modelyard.convert.validate import compare, make_samples, output_names, run_all, validate
+from modelyard.convert.weights import verify_weights, weights_digest
 
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
 
@@ -138,7 +139,14 @@ def convert_llm(request: Request, store: Path | str, workdir: Path | None, sourc
         key = request.key(weights_digest(files))
         reused, replaced = _published(target, store, key, "staged")
         if reused is not None:
-            return reused
+            # The repository verifies; the weights its model.json names must too (content-addressed), or the
+            # checkpoint is staged again and the repository replaced.
+            weights = reused.get("weights") or {}
+            problem = verify_weights(target, str(weights.get("key", "")))
+            if problem is None:
+                return reused
+            replaced = (f"the staged weights under {str(weights.get('key'))[:60]} that repository {key} names did "
+                        f"not match their digest ({problem}): staged again and replaced")
         prompts = list(conv.samples.prompts or DEFAULT_PROMPTS)
         _, numbers = check_and_gate(source_path, prompts, engine, request.serving.gpus,
                                     conv.tolerance.min_top1_agreement, conv.tolerance.max_perplexity_ratio)

@@ -384,7 +384,8 @@ def _roll_out(writer: Writer, md: ModelDeployment, revision: str, ctx: _Context)
             latest = RevisionState(revision, replicas, 0, False, conversion.reason, conversion.message)
         else:
             try:
-                desired = render_triton_deployment(md, revision, conversion.key if conversion else None)
+                desired = render_triton_deployment(md, revision, conversion.key if conversion else None,
+                                                   ctx.converter.image)
             except UnservableSource as exc:
                 raise Stop(Reason.SOURCE_UNSUPPORTED, str(exc)) from exc
             if drained_back:  # a rolled-back canary stays scaled down until the spec changes

@@ -20,7 +20,8 @@ PROMETHEUS_PLACEHOLDER = "<MODELYARD_PROMETHEUS_URL>"
 def render_children(md: ModelDeployment, revision: str, converter: Converter,
                     prometheus_url: str | None = None) -> list[dict[str, Any]]:
     out = [render_conversion_job(md, revision, converter)] if md.spec.conversion is not None else []
-    out += [render_triton_deployment(md, revision, converted=KEY_PLACEHOLDER if md.spec.conversion else None),
+    out += [render_triton_deployment(md, revision, converted=KEY_PLACEHOLDER if md.spec.conversion else None,
+                                     weights_image=converter.image),
             render_service(md, revision)]
     if md.spec.scaling is not None:
         out.append(render_hpa(md, revision) if md.spec.scaling.engine == "hpa" else

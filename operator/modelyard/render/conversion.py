@@ -9,14 +9,14 @@ from typing import Any
 from modelyard.api.names import COMPONENT_CONVERTER, LABEL_REVISION, child_metadata, common_labels, conversion_job_name
 from modelyard.api.v1alpha1 import API_VERSION, KIND, ModelDeployment, ModelFormat
 from modelyard.codepolicy import DEFAULT_ALLOWED_MODULES
-from modelyard.render.triton import MODEL_MOUNT, split_pvc
+from modelyard.render.triton import MODEL_MOUNT, STORE_ENV_PREFIX, split_pvc
 
 STORE_MOUNT = "/mnt/store"
 SOURCE_MOUNT = "/mnt/source"
 CONVERTER_UID = 65532
 EXIT_CONVERSION_ERROR = 1
 EXIT_INVALID_REQUEST = 2
-STORE_PREFIX = "STORE_"
+STORE_PREFIX = STORE_ENV_PREFIX
 """Environment prefix of the store's credentials in the converter pod (STORE_AWS_ACCESS_KEY_ID, ...)."""
 
 
@@ -57,6 +57,8 @@ def render_conversion_job(md: ModelDeployment, revision: str, converter: Convert
         store_args = ["--store", conv.store]
         if conv.store_endpoint:
             store_args += ["--store-endpoint", conv.store_endpoint]
+        if md.spec.model.format == ModelFormat.HUGGINGFACE:  # the Triton pod fetches the weights to its volume
+            store_args += ["--served-store", MODEL_MOUNT]
         if conv.store_credentials_secret_ref:
             # Prefixed, so that the store's credentials and the source's (AWS_*) can differ.
             env_from.append({"secretRef": {"name": conv.store_credentials_secret_ref.name}, "prefix": STORE_PREFIX})

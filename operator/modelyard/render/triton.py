@@ -13,13 +13,14 @@ from modelyard.api.names import (
     LABEL_METRICS,
     LABEL_REVISION,
     METRICS_PORT,
+    WEIGHTS_CONTAINER,
     child_metadata,
     common_labels,
     revision_object_name,
     server_selector,
     service_name,
 )
-from modelyard.api.v1alpha1 import ModelDeployment
+from modelyard.api.v1alpha1 import ModelDeployment, ModelFormat
 from modelyard.api.v1alpha1.llm import Runtime
 from modelyard.api.v1alpha1.types import DEFAULT_TRITON_IMAGE, DEFAULT_VLLM_IMAGE
 
@@ -66,6 +67,12 @@ def model_repository(md: ModelDeployment, converted: str | None = None) -> Model
     if conv is not None:
         if not converted or not conv.store:
             raise UnservableSource("the converted model repository is not known yet")
+        if conv.store.startswith("s3://") and md.spec.model.format == ModelFormat.HUGGINGFACE:
+            # The init container `weights` fetches the repository and the weights it names into the pod's volume
+            # and verifies them there; Triton reads that verified copy, never the bucket.
+            volume = {"name": "model-repository", "emptyDir": {}}
+            mount = {"name": "model-repository", "mountPath": MODEL_MOUNT, "readOnly": True}
+            return ModelRepository(path=f"{MODEL_MOUNT}/{converted}", volumes=(volume,), mounts=(mount,))
         if conv.store.startswith("s3://"):
             secret = conv.store_credentials_secret_ref
             return ModelRepository(
@@ -143,6 +150,8 @@ LLM_ENV = (
     {"name": "DO_NOT_TRACK", "value": "1"},
 )
 LLM_STARTUP_MINUTES = 30
+STORE_ENV_PREFIX = "STORE_"
+"""The store's credentials' prefix in the converter image's environment (modelyard.convert.store)."""
 """An LLM's weights load and its engine profiles memory and captures graphs before the model is ready: the startup
 probe allows this long."""
 
@@ -156,8 +165,52 @@ def shm_size(md: ModelDeployment) -> str:
     return "1Gi"
 
 
-def render_triton_deployment(md: ModelDeployment, revision: str, converted: str | None = None) -> dict[str, Any]:
-    """The Deployment that runs Triton for one revision of the model (`converted`: its repository key)."""
+def weights_init_container(md: ModelDeployment, converted: str, image: str) -> dict[str, Any]:
+    """The LLM pod's init container: verifies (from an s3:// store: fetches, then verifies) the repository and the
+    staged weights it names before Triton starts (modelyard.convert.weights)."""
+    conv = md.spec.conversion
+    assert conv is not None and conv.store
+    s3 = conv.store.startswith("s3://")
+    if s3:
+        root = MODEL_MOUNT
+        endpoint = ["--store-endpoint", conv.store_endpoint] if conv.store_endpoint else []
+        store_args = ["--store", conv.store, *endpoint, "--to", MODEL_MOUNT]
+    else:
+        root = "/".join(p for p in (MODEL_MOUNT, split_pvc(conv.store)[1]) if p)
+        store_args = ["--store", root]
+    container: dict[str, Any] = {
+        "name": WEIGHTS_CONTAINER,
+        "image": image,
+        "command": ["python", "-m", "modelyard.convert.weights"],
+        "args": [*store_args, "--key", converted, "--name", md.metadata.name, "--served-root", root,
+                 "--termination-log", "/dev/termination-log"],
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": TRITON_UID,
+            "runAsGroup": TRITON_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        # From a claim it only reads; into the pod's volume it writes the copy Triton then reads read-only.
+        "volumeMounts": [{"name": "model-repository", "mountPath": MODEL_MOUNT, "readOnly": not s3},
+                         {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if s3 and conv.store_credentials_secret_ref:
+        container["envFrom"] = [{"secretRef": {"name": conv.store_credentials_secret_ref.name},
+                                 "prefix": STORE_ENV_PREFIX}]
+    return container
+
+
+def render_triton_deployment(md: ModelDeployment, revision: str, converted: str | None = None,
+                             weights_image: str | None = None) -> dict[str, Any]:
+    """The Deployment that runs Triton for one revision of the model (`converted`: its repository key;
+    `weights_image`: the converter image, whose init container verifies an LLM's staged weights)."""
     serving = md.spec.serving
     repo = model_repository(md, converted)
     labels = revision_labels(md, revision)
@@ -228,6 +281,10 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if llm and md.spec.conversion is not None:
+        if not weights_image or not converted:
+            raise UnservableSource("the converter image that verifies the staged weights is not known")
+        pod_spec["initContainers"] = [weights_init_container(md, converted, weights_image)]
     if serving.node_selector:
         pod_spec["nodeSelector"] = dict(sorted(serving.node_selector.items()))
     if serving.tolerations:

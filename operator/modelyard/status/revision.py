@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from modelyard.api.conditions import WAITING_REASONS, Reason
+from modelyard.api.names import WEIGHTS_CONTAINER
+from modelyard.redact import redact_text
 
 Obj = dict[str, Any]
 
@@ -47,7 +50,15 @@ def pending_problem(pods: list[Obj]) -> tuple[str, str] | None:
 
 
 def _pod_problem(pods: list[Obj]) -> tuple[str, str] | None:
-    """The first reason a pod of the revision is not running: pending (above), or a container that exited."""
+    """The first reason a pod of the revision is not running: its staged weights refused, pending (above), or a
+    container that exited."""
+    for pod in pods:
+        for cs in pod.get("status", {}).get("initContainerStatuses", []):
+            state = cs.get("state", {})
+            ended = state.get("terminated") or cs.get("lastState", {}).get("terminated")
+            if cs.get("name") == WEIGHTS_CONTAINER and ended and ended.get("exitCode") != 0:
+                return Reason.WEIGHTS_UNVERIFIED, (
+                    f"pod {pod.get('metadata', {}).get('name', '')}: {_weights_words(str(ended.get('message', '')))}")
     pending = pending_problem(pods)
     if pending:
         return pending
@@ -66,6 +77,17 @@ def _pod_problem(pods: list[Obj]) -> tuple[str, str] | None:
                     f"container {cs.get('name')} of pod {name} restarted ({cs.get('restartCount', 0)} restarts) "
                     f"after it {_exit(last)}; not ready yet")
     return None
+
+
+def _weights_words(message: str) -> str:
+    """The init container's refusal (its JSON result), or the tail of its log when it did not get to write one."""
+    try:
+        result = json.loads(message)
+    except ValueError:
+        result = None
+    if isinstance(result, dict) and result.get("ok") is False:
+        return redact_text(str(result.get("message", ""))[:1000])
+    return redact_text(f"the staged weights were not verified: {message.strip()[-300:] or 'its container failed'}")
 
 
 def _exit(terminated: Obj) -> str:

@@ -355,12 +355,6 @@ class ModelDeploymentSpec(Spec):
                     "by the conversion stage before it serves: add conversion.store",
                 ),
                 cel(
-                    "self.model.format != 'huggingface' || !has(self.conversion) || !has(self.conversion.store) || "
-                    "self.conversion.store.startsWith('pvc://')",
-                    "a huggingface checkpoint is staged on a pvc:// conversion.store, which the Triton pods mount "
-                    "read-only (an s3:// store for LLM weights is not supported yet)",
-                ),
-                cel(
                     "self.model.format != 'huggingface' || !has(self.model.signature)",
                     "model.signature is for tensor models: a huggingface checkpoint takes text (text_input) and "
                     "returns text (text_output)",
