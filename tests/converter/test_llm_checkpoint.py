@@ -8,14 +8,13 @@ paragraph); nothing is downloaded.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from hostile_checkpoints import HOSTILE, pickled, unknown_architecture
 from modelyard.api.v1alpha1 import ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion
 from modelyard.convert.errors import ConversionError
@@ -97,83 +96,6 @@ def test_staged_weights_that_no_longer_verify_are_copied_again(checkpoint: Path,
     assert planted.read_bytes() == (checkpoint / "model.safetensors").read_bytes()
 
 
-def _pickled(ckpt: Path) -> str:
-    (ckpt / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
-    return "PickledWeights"
-
-
-def _auto_map(ckpt: Path) -> str:
-    config = json.loads((ckpt / "config.json").read_text())
-    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
-    (ckpt / "config.json").write_text(json.dumps(config))
-    return "CustomCode"
-
-
-def _python_file(ckpt: Path) -> str:
-    (ckpt / "modeling_evil.py").write_text("import os\nos.system('touch /tmp/pwned')\n")
-    return "CustomCode"
-
-
-def _no_tokenizer(ckpt: Path) -> str:
-    (ckpt / "tokenizer.json").unlink()
-    return "TokenizerUnusable"
-
-
-def _broken_tokenizer(ckpt: Path) -> str:
-    (ckpt / "tokenizer.json").write_text('{"version": "1.0", "model": {"type": "Nonsense"}}')
-    return "TokenizerUnusable"
-
-
-def _unknown_architecture(ckpt: Path) -> str:
-    config = json.loads((ckpt / "config.json").read_text())
-    config["architectures"] = ["MysteryForCausalLM"]
-    (ckpt / "config.json").write_text(json.dumps(config))
-    return "ArchitectureUnsupported"
-
-
-def _lying_header(ckpt: Path) -> str:
-    path = ckpt / "model.safetensors"
-    data = path.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + length])
-    name = next(k for k in header if k != "__metadata__")
-    begin, end = header[name]["data_offsets"]
-    header[name]["data_offsets"] = [begin, end + 4]  # a tensor that claims 4 more bytes than its shape holds
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + length:])
-    return "WeightsCorrupt"
-
-
-def _truncated(ckpt: Path) -> str:
-    path = ckpt / "model.safetensors"
-    path.write_bytes(path.read_bytes()[:-1000])
-    return "WeightsCorrupt"
-
-
-def _huge_header(ckpt: Path) -> str:
-    path = ckpt / "model.safetensors"
-    data = path.read_bytes()
-    path.write_bytes(struct.pack("<Q", 1 << 40) + data[8:])
-    return "WeightsCorrupt"
-
-
-def _index_names_a_missing_shard(ckpt: Path) -> str:
-    (ckpt / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {}, "weight_map": {"model.embed_tokens.weight": "model-00002-of-00002.safetensors"}}))
-    return "WeightsCorrupt"
-
-
-def _symlink_out(ckpt: Path) -> str:
-    (ckpt / "tokenizer_config.json").unlink()
-    os.symlink("/etc/passwd", ckpt / "tokenizer_config.json")
-    return "SourceRefused"
-
-
-HOSTILE = [_pickled, _auto_map, _python_file, _no_tokenizer, _broken_tokenizer, _unknown_architecture,
-           _lying_header, _truncated, _huge_header, _index_names_a_missing_shard, _symlink_out]
-
-
 @pytest.mark.parametrize("spoil", HOSTILE, ids=[f.__name__.strip("_") for f in HOSTILE])
 def test_a_hostile_checkpoint_is_refused_with_its_own_reason_before_anything_is_staged(
         checkpoint: Path, tmp_path: Path, spoil: Any) -> None:
@@ -185,10 +107,10 @@ def test_a_hostile_checkpoint_is_refused_with_its_own_reason_before_anything_is_
 
 def test_the_refusals_say_what_to_do(checkpoint: Path, tmp_path: Path) -> None:
     ckpt = copy_of(checkpoint, tmp_path)
-    _pickled(ckpt)
+    pickled(ckpt)
     assert "safe_serialization=True" in refused(ckpt, tmp_path / "s1").message
     ckpt = copy_of(checkpoint, tmp_path / "b")
-    _unknown_architecture(ckpt)
+    unknown_architecture(ckpt)
     message = refused(ckpt, tmp_path / "s2").message
     assert "MysteryForCausalLM" in message and "LlamaForCausalLM" in message
 

@@ -1,7 +1,9 @@
 """E2E: a tiny Llama-style checkpoint on a PVC, as a ModelDeployment with format huggingface and the vllm runtime:
 the operator stages and checks it, the gate's numbers reach Validated, a real Triton on the process kubelet serves
 it with vLLM's CPU engine, and generate_stream through the Gateway delivers the first piece before the last, the
-same greedy text the engine gives in-process. Hostile checkpoints are refused before any pod, with their reasons."""
+same greedy text the engine gives in-process. Hostile checkpoints (pickled weights, auto_map, no tokenizer, an
+unknown architecture, a lying safetensors header, a link out) are refused before any pod, each with its reason;
+staged weights changed afterwards are refused in the pod before Triton starts, from a claim or an S3 store."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import yaml
 
 from conversion_support import condition
 from helpers import MOTO_SECRET, bound_claim, moto_s3, wait_for
+from hostile_checkpoints import auto_map, lying_header, no_tokenizer, pickled, symlink_out, unknown_architecture
 from llm_support import PROMPTS, generate, in_process, running
 from localcluster import GATEWAY_NAME, GATEWAY_NAMESPACE, LocalCluster
 from modelyard.kube.client import MODEL_DEPLOYMENTS, PODS, Kube
@@ -60,19 +63,16 @@ def test_a_tiny_llama_is_staged_gated_served_and_streamed_through_the_gateway(
 ) -> None:
     bound_claim(cluster, namespace, "model-store", tmp_path, "ReadWriteMany")
     checkpoint = Path(tiny_llama(str(tmp_path / "sources" / "tiny-llama")))
-    pickled = tmp_path / "sources" / "pickled"
-    shutil.copytree(checkpoint, pickled)
-    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")
-    custom = tmp_path / "sources" / "custom"
-    shutil.copytree(checkpoint, custom)
-    config = json.loads((custom / "config.json").read_text())
-    (custom / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "evil.Model"}}))
-    for manifest in (llm_manifest(namespace), llm_manifest(namespace, "pickled", "pickled"),
-                     llm_manifest(namespace, "custom", "custom")):
+    hostile: dict[str, str] = {}
+    for spoil in (pickled, auto_map, no_tokenizer, unknown_architecture, lying_header, symlink_out):
+        name = spoil.__name__.replace("_", "-")
+        shutil.copytree(checkpoint, tmp_path / "sources" / name)
+        hostile[name] = spoil(tmp_path / "sources" / name)
+    for manifest in (llm_manifest(namespace), *(llm_manifest(namespace, name, name) for name in hostile)):
         cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
     # The hostile ones: refused by the conversion Job, each with its reason, and no Triton pod ever.
-    for name, reason in (("pickled", "PickledWeights"), ("custom", "CustomCode")):
+    for name, reason in hostile.items():
         def refused(name: str = name) -> dict[str, Any] | None:
             body = admin.get(MODEL_DEPLOYMENTS, namespace, name) or {}
             conds = {c["type"]: c for c in body.get("status", {}).get("conditions", [])}
