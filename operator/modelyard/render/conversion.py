@@ -9,7 +9,7 @@ from typing import Any
 from modelyard.api.names import COMPONENT_CONVERTER, LABEL_REVISION, child_metadata, common_labels, conversion_job_name
 from modelyard.api.v1alpha1 import API_VERSION, KIND, ModelDeployment, ModelFormat
 from modelyard.codepolicy import DEFAULT_ALLOWED_MODULES
-from modelyard.render.triton import MODEL_MOUNT, STORE_ENV_PREFIX, split_pvc
+from modelyard.render.triton import MODEL_MOUNT, STORE_ENV_PREFIX, restricted_security, split_pvc
 
 STORE_MOUNT = "/mnt/store"
 SOURCE_MOUNT = "/mnt/source"
@@ -93,15 +93,7 @@ def render_conversion_job(md: ModelDeployment, revision: str, converter: Convert
         # The image recorded in each manifest it writes: which converter made an artifact.
         "env": [{"name": "HOME", "value": "/tmp"}, {"name": "MODELYARD_CONVERTER_IMAGE", "value": converter.image}],
         "resources": resources,
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": CONVERTER_UID,
-            "runAsGroup": CONVERTER_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security(CONVERTER_UID, read_only_root=True),
         # The result is JSON in the termination message; a crash leaves the tail of the log there instead.
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -165,6 +165,19 @@ def shm_size(md: ModelDeployment) -> str:
     return "1Gi"
 
 
+def restricted_security(uid: int, read_only_root: bool = False) -> dict[str, Any]:
+    """A container's securityContext that passes Pod Security "restricted", as user and group `uid`."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        **({"readOnlyRootFilesystem": True} if read_only_root else {}),
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
 def weights_init_container(md: ModelDeployment, converted: str, image: str) -> dict[str, Any]:
     """The LLM pod's init container: verifies (from an s3:// store: fetches, then verifies) the repository and the
     staged weights it names before Triton starts (modelyard.convert.weights)."""
@@ -186,15 +199,7 @@ def weights_init_container(md: ModelDeployment, converted: str, image: str) -> d
                  "--termination-log", "/dev/termination-log"],
         "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": TRITON_UID,
-            "runAsGroup": TRITON_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security(TRITON_UID, read_only_root=True),
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # From a claim it only reads; into the pod's volume it writes the copy Triton then reads read-only.
@@ -243,14 +248,7 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
         ],
         **probes,
         "livenessProbe": _probe("/v2/health/live", 10, 3),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "runAsNonRoot": True,
-            "runAsUser": TRITON_UID,
-            "runAsGroup": TRITON_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": restricted_security(TRITON_UID),
         "volumeMounts": [
             *repo.mounts,
             # The python backend and CUDA IPC exchange tensors through /dev/shm; the default 64 MiB is too small.
