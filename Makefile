@@ -104,6 +104,10 @@ kind-e2e: ## The same on kind, for machines with Docker (not run in CI)
 bench: venv ## Benchmarks: ratios measured in one run (bench/convert.py)
 	$(BIN)/python bench/convert.py
 
+.PHONY: bench-llm
+bench-llm: venv vllm ## LLM serving: TTFT, ITL, tokens/s through Triton and the engine against the engine in-process; aiperf beside our client (bench/llm.py)
+	$(BIN)/python bench/llm.py
+
 .PHONY: bench-autoscale
 bench-autoscale: venv control-plane prometheus gateway keda ## Autoscaling on real load: reaction, provisioning against an oracle, cold start (bench/autoscale.py)
 	$(BIN)/python bench/autoscale.py
