@@ -4,6 +4,6 @@ Needs the `converter` extra (torch, onnx, onnxruntime, tritonclient). The operat
 (import-linter enforces it): its image carries no torch.
 """
 
-CONVERTER_VERSION = "0.3.0"
+CONVERTER_VERSION = "0.4.0"
 """Part of every key: a repository converted by an earlier converter is converted again, not reused (0.2.0: the
 manifest lists every file's digest; 0.3.0: dynamic int8 with 7-bit weights, and huggingface checkpoints)."""

@@ -52,6 +52,7 @@ def result_message(manifest: dict[str, Any] | None, error: ConversionError | Non
         "artifact": manifest["artifact"],
         "validation": {k: v.get(k) for k in ("samples", "max_abs_error", "max_rel_error", "top1_agreement",
                                              "atol", "atol_spread", "rtol", "skipped", "sparsity") if k in v}
+        | ({"fp16": True} if "arithmetic" in v else {})
         | ({"llm": {k: v for k, v in v["llm"].items() if k != "greedy"}} if "llm" in v else {}),
         **({"int8": {"keptFloat": len(i8["keptFloat"]), "quantized": len(i8["quantizedNodes"]),
                      "sizeRatio": i8["sizeRatio"]}} if (i8 := manifest.get("int8")) else {}),

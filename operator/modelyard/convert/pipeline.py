@@ -24,7 +24,7 @@ from modelyard.api.v1alpha1.llm import VLLMEngine
 from modelyard.codepolicy import named_code
 from modelyard.convert import CONVERTER_VERSION
 from modelyard.convert.confine import check_tree, size_text
-from modelyard.convert.errors import ConversionUnsupported, SourceRefused, SourceUnreadable
+from modelyard.convert.errors import ConversionUnsupported, SourceRefused, SourceUnreadable, ValidationFailed
 from modelyard.convert.hfcheck import check_checkpoint
 from modelyard.convert.llm import DEFAULT_PROMPTS, check_and_gate, engine_args, stage_weights
 from modelyard.convert.models import (
@@ -41,7 +41,14 @@ from modelyard.convert.policy import Policy
 from modelyard.convert.quantize import Int8Result, to_int8
 from modelyard.convert.sources import PVC_MOUNT, digest, fetch, local_path
 from modelyard.convert.store import MANIFEST, Store, file_digests, open_store, verify
-from modelyard.convert.transform import check_supported, export_onnx, export_torchscript, prune, to_fp16
+from modelyard.convert.transform import (
+    check_supported,
+    export_onnx,
+    export_torchscript,
+    fp16_emulation,
+    prune,
+    to_fp16,
+)
 from modelyard.convert.tritonconfig import model_config, to_pbtxt, vllm_model_config
 from modelyard.convert.validate import compare, make_samples, output_names, run_all, validate
 from modelyard.convert.weights import verify_weights, weights_digest
@@ -289,7 +296,8 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
         source = load_source(source_path, request.source.format, request.source.signature, conv, batched)
         achieved_sparsity = prune(source, conv.pruning.sparsity)
 
-    candidate: Runnable
+    candidate: Runnable | None
+    fp16_rounded: int | None = None
     if conv.target == Target.TORCHSCRIPT:
         artifact = version_dir / "model.pt"
         export_torchscript(source, first_batch, artifact)
@@ -303,10 +311,16 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
             write_artifact(source_path, artifact)  # external data inlined (or kept in one model.onnx.data)
         else:
             export_onnx(source, first_batch, artifact, conv.opset, batched, pruned=conv.pruning is not None)
+        candidate = None
         if conv.precision == Precision.FP16:
             to_fp16(artifact)
-        candidate = onnx_runnable(artifact, batched)
-        ins, outs = candidate.inputs, candidate.outputs
+            # Judged in fp16 arithmetic: onnxruntime's CPU provider would compute the fp16 graph in fp32.
+            emulation = repo.parent / f"fp16-emulation-{request.name}.onnx"
+            fp16_rounded = fp16_emulation(artifact, emulation)
+            candidate = onnx_runnable(emulation, batched)
+        served = onnx_runnable(artifact, batched)
+        candidate = candidate or served
+        ins, outs = served.inputs, served.outputs
         kind = "onnx"
 
     declared = None
@@ -330,7 +344,15 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
         if not report.passed:
             raise report.error().extend(_fallback_story(int8))
     else:
-        report = validate(reference, candidate, samples, conv, batched, declared)
+        try:
+            report = validate(reference, candidate, samples, conv, batched, declared)
+        except ValidationFailed as exc:
+            if fp16_rounded is None:
+                raise
+            raise exc.extend(" (computed in fp16 arithmetic, as the model serves on a GPU: a value over 65504 "
+                             "overflows and fp16 keeps about 3 significant digits; onnxruntime on this CPU would "
+                             "have computed the fp16 graph in fp32 and hidden it. Use fp32, or scale the model)"
+                             ) from None
 
     backend = "python" if request.flavour == "python" else None
     if backend:  # refuse_impossible made sure the artifact is ONNX
@@ -338,6 +360,9 @@ def _convert_into(request: Request, source_path: Path, source_digest: str, key: 
     cfg = model_config(request.name, kind, ins, outs, serving, backend=backend)
     (repo / request.name / "config.pbtxt").write_text(to_pbtxt(cfg))
     validation = report.as_dict()
+    if fp16_rounded is not None:
+        validation["arithmetic"] = (f"fp16: every fp16 tensor rounded to fp16 between ops ({fp16_rounded} node "
+                                    "outputs), fp32 within them, as GPU kernels accumulate")
     if achieved_sparsity is not None:
         validation["sparsity"] = achieved_sparsity
     return _manifest(request, key, source_digest, artifact.name, artifact, validation,

@@ -178,3 +178,60 @@ def check_supported(conversion: Conversion) -> None:
             f"precision {conversion.precision} is produced for target onnx only (TorchScript fp16 needs a GPU and "
             "int8 needs a quantization backend Triton's libtorch backend does not run); use target onnx"
         )
+
+
+def fp16_emulation(src: Path, dst: Path) -> int:
+    """An fp32 graph that computes what the fp16 graph at `src` computes where it serves in fp16: every tensor the
+    fp16 graph holds in fp16 (weights, every node's output) is rounded to fp16 (Cast to FLOAT16, then back to FLOAT:
+    explicit casts onnxruntime keeps), while each op computes in fp32 inside, as GPU kernels accumulate. A value
+    over 65504 becomes inf, a small step on a large value vanishes: what onnxruntime's CPU provider hides when it
+    runs an fp16 graph (it computes the ops it has no fp16 kernel for in fp32 and drops the casts between them).
+    Written to `dst` (not published); returns how many tensors are rounded. Raises ConversionUnsupported for what
+    it cannot rewrite (subgraphs, fp16 in attributes it does not know)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    inferred = onnx.shape_inference.infer_shapes(model)
+    graph = model.graph
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    types.update({i.name: i.data_type for i in graph.initializer})
+    fp16, fp32 = TensorProto.FLOAT16, TensorProto.FLOAT
+
+    for init in graph.initializer:
+        if init.data_type == fp16:  # fp16 values are exact in fp32: the weights as the fp16 graph holds them
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+    for value in [*graph.input, *graph.output]:
+        if value.type.tensor_type.elem_type == fp16:
+            value.type.tensor_type.elem_type = fp32
+    del graph.value_info[:]
+
+    nodes, rounded = [], 0
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                raise ConversionUnsupported(f"the fp16 graph has a subgraph ({node.op_type} {node.name}): its fp16 "
+                                            "arithmetic cannot be emulated on CPU")
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == fp16:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float32), attr.t.name))
+            elif node.op_type == "Cast" and attr.name == "to" and attr.i == fp16:
+                attr.i = fp32
+            elif attr.name == "dtype" and attr.i == fp16:
+                raise ConversionUnsupported(f"{node.op_type} {node.name} makes fp16 values by its dtype: its fp16 "
+                                            "arithmetic cannot be emulated on CPU")
+        renamed = []
+        for i, out in enumerate(node.output):
+            if out and types.get(out) == fp16:
+                node.output[i] = f"{out}__fp16emu_raw"
+                renamed.append(out)
+        nodes.append(node)
+        for out in renamed:
+            nodes += [helper.make_node("Cast", [f"{out}__fp16emu_raw"], [f"{out}__fp16emu_half"], to=fp16),
+                      helper.make_node("Cast", [f"{out}__fp16emu_half"], [out], to=fp32)]
+            rounded += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    large = model.ByteSize() > 1_800_000_000  # protobuf's 2 GB: the weights beside it, as the exporter does
+    onnx.save(model, str(dst), save_as_external_data=large, location=f"{dst.name}.data" if large else None)
+    return rounded

@@ -321,6 +321,15 @@ def compare(want: list[list[NDArray[Any]]], candidate: Runnable, samples: Sample
             problems.append(
                 f"output {name} is outside tolerance: max abs error {report.max_abs_error:.3g} on a spread of "
                 f"{spread:.3g}, max rel error {rel:.3g} (atol {atol:.3g}, rtol {rtol:g})")
+        elif rms * spread > max(atol, MAX_RMS_OF_SPREAD * spread):
+            # rtol lets single elements on large values err by a share of the value; on the whole, the error must
+            # stay well under the output's variation, or that is lost (values on a large offset, in fp16: one
+            # constant, each element only 1e-4 off).
+            report.within_tolerance = False
+            problems.append(
+                f"output {name} loses its variation: rms error {rms * spread:.3g} is {rms:.3g} of its spread "
+                f"{spread:.3g} (needs <= {MAX_RMS_OF_SPREAD:g}, or atol {atol:.3g}); its values reach "
+                f"{magnitude:.3g}, where rtol {rtol:g} allows each element an error its variation does not survive")
     top1s = [r.top1_agreement for r in reports if r.top1_agreement is not None]
     return ValidationReport(
         samples=samples.count, calibration_samples=samples.calibration_count, lengths=samples.lengths,
@@ -343,6 +352,11 @@ def _shape_problem(name: str, refs: list[NDArray[Any]], outs: list[NDArray[Any]]
         if ref.shape != out.shape:
             return f"output {name} has shape {list(out.shape)}, the source's has {list(ref.shape)}"
     return None
+
+
+MAX_RMS_OF_SPREAD = 0.1
+"""A non-classifier output's root-mean-square error, as a share of its spread, beyond which its variation is lost
+whatever rtol allows each element (atol, when larger, raises it)."""
 
 
 def validate(source: Runnable, candidate: Runnable, samples: Samples, conversion: Conversion, batched: bool,

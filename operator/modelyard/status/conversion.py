@@ -140,8 +140,10 @@ def describe_validation(result: Obj) -> str:
     int8 = result.get("int8") or {}
     kept = (f"; int8 with {int8['keptFloat']} node(s) kept in fp32, {int8['sizeRatio']:.0%} of the fp32 size"
             if int8.get("keptFloat") else "")
+    arithmetic = "; computed in fp16 arithmetic (emulated on CPU)" if v.get("fp16") else ""
     return (f"{v.get('samples')} samples: max abs error {v.get('max_abs_error', 0):.3g}, "
-            f"max rel error {v.get('max_rel_error', 0):.3g}{top1} (atol {atol}, rtol {v.get('rtol')}){kept}")
+            f"max rel error {v.get('max_rel_error', 0):.3g}{top1} (atol {atol}, rtol {v.get('rtol')}){kept}"
+            f"{arithmetic}")
 
 
 def describe_llm_validation(llm: Obj) -> str:
