@@ -131,3 +131,34 @@ def test_custom_objects_that_do_not_import_are_refused_with_where_the_code_must_
                        "imported.*converter image"):
         named = ["modelyard_plugins.mylayers:ScaledDense", "keras_layers:Swish"]
         convert(request(str(tmp_path / "custom.keras"), {"kerasCustomObjects": named}), tmp_path / "store")
+
+
+def _functional(path: Path, inputs: int) -> None:
+    """A Keras functional model (keras.Model(inputs, outputs)) with one or two named inputs, saved as `path`."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    a = keras.Input((8,), name="features")
+    hidden = keras.layers.Dense(16, activation="relu")(a)
+    if inputs == 1:
+        keras.Model(a, keras.layers.Dense(3, name="scores")(hidden)).save(str(path))
+        return
+    b = keras.Input((4,), name="context")
+    joined = keras.layers.Concatenate()([hidden, keras.layers.Dense(4, activation="tanh")(b)])
+    keras.Model([a, b], keras.layers.Dense(3, name="scores")(joined)).save(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+@pytest.mark.parametrize("inputs", [1, 2])
+def test_functional_models_convert_and_are_validated_against_keras(tmp_path: Path, suffix: str,
+                                                                   inputs: int) -> None:
+    # Their configs name Keras's own serialization markers (__keras_tensor__, and in .h5 the Functional class),
+    # which once were taken for classes from outside Keras and refused.
+    path = tmp_path / f"functional{suffix}"
+    _functional(path, inputs)
+    manifest = convert(request(str(path)), tmp_path / "store")
+    v = manifest["validation"]
+    assert v["passed"] and v["samples"] == 128 and v["max_abs_error"] < 1e-5, v
+    config = text_format.Parse((Path(manifest["repository"]) / "keras" / "config.pbtxt").read_text(),
+                               mc.ModelConfig())
+    assert [i.name for i in config.input] == ["features", "context"][:inputs]

@@ -141,3 +141,21 @@ def test_messages_carry_no_terminal_escape_codes() -> None:
     state = observe_conversion(*_job_with_result({"ok": False, "reason": "ConversionFailed",
                                                   "message": "export failed: \x1b[31mred\x1b[0m"}))
     assert state.message == "export failed: red"
+
+
+@pytest.mark.parametrize(("config", "foreign"), [
+    # Keras's own serialization markers name no class: a functional model's tensor references and values.
+    ({"class_name": "__keras_tensor__", "config": {"shape": [None, 8]}}, set()),
+    ({"class_name": "Functional", "config": {"layers": []}}, set()),
+    ({"class_name": "__numpy__", "config": {"value": [1]}}, set()),
+    # Classes from elsewhere are foreign, however they hide: a module, a registered name, a name Keras lacks.
+    ({"module": "evil.layers", "class_name": "Boom", "config": {}}, {("evil.layers", "Boom")}),
+    ({"class_name": "evil>Boom", "config": {}}, {("evil", "Boom")}),
+    ({"class_name": "Boom", "config": {}}, {("", "Boom")}),
+    ({"layers": [{"class_name": "__keras_tensor__", "config": {}}, {"class_name": "Boom", "config": {}}]},
+     {("", "Boom")}),
+])
+def test_keras_configs_name_their_foreign_classes_and_only_those(config: dict, foreign: set) -> None:
+    from modelyard.convert.models import keras_foreign_classes
+
+    assert keras_foreign_classes(config, lambda name: name in ("Dense", "Sequential")) == foreign

@@ -226,6 +226,13 @@ def keras_config(path: Path) -> dict[str, Any] | None:
         return None
 
 
+KERAS_MARKERS = frozenset({"__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__typespec__",
+                           "__ellipsis__", "__slice__", "Functional"})
+"""class_name values of a saved Keras config that name no class to import: how Keras 3 serializes a functional
+model's tensor references and constant values, and its functional Model class (in an .h5 config without a module;
+Keras itself loads it). A Lambda's `__lambda__` is not one of them: safe mode refuses its code."""
+
+
 def keras_foreign_classes(config: Any, keras_has: Callable[[str], bool]) -> set[tuple[str, str]]:
     """(module, class name) of every object in a saved Keras config whose class is not Keras's own. A .keras
     config names each class's module; an .h5 one often names the class alone (module "" here), or its registered
@@ -234,7 +241,9 @@ def keras_foreign_classes(config: Any, keras_has: Callable[[str], bool]) -> set[
     found: set[tuple[str, str]] = set()
     if isinstance(config, dict):
         module, name = config.get("module"), config.get("class_name")
-        if isinstance(name, str) and isinstance(module, str):
+        if name in KERAS_MARKERS:  # Keras's own serialization of values, not a class: nothing is imported
+            pass
+        elif isinstance(name, str) and isinstance(module, str):
             if module.split(".")[0] not in ("keras", "builtins"):
                 found.add((module, name))
         elif isinstance(name, str) and "config" in config and "module" not in config and name != "__lambda__":
