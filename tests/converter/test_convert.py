@@ -28,6 +28,7 @@ from convert_models import (
 from modelyard.api.v1alpha1 import ModelSource, Serving
 from modelyard.api.v1alpha1.conversion import Conversion
 from modelyard.convert.errors import (
+    ConversionError,
     ConversionFailed,
     ConversionUnsupported,
     SourceRefused,
@@ -248,3 +249,62 @@ def test_a_request_that_cannot_be_honoured_is_refused_before_any_work(
     req = request("m", src, conversion)
     with pytest.raises(ConversionUnsupported, match=message):
         convert(Request(req.name, req.source, req.conversion, req.serving, flavour), tmp_path / "store")
+
+
+class DictOutputs(torch.nn.Module):
+    """Returns its outputs as a dict, as many model heads do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self.head(x), "embedding": torch.tanh(x)}
+
+
+def test_a_model_returning_a_dict_converts_with_its_outputs_in_the_order_it_returns_them(tmp_path: Path) -> None:
+    program = torch.export.export(DictOutputs().eval(), (torch.zeros(2, 8),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, str(tmp_path / "heads.pt2"))
+    outputs = [{"name": "logits", "dataType": "FP32", "shape": [3]},
+               {"name": "embedding", "dataType": "FP32", "shape": [8]}]
+    signature = {"inputs": [{"name": "x", "dataType": "FP32", "shape": [8]}], "outputs": outputs}
+    manifest = convert(request("heads", source(str(tmp_path / "heads.pt2"), "pytorch", signature)), tmp_path / "s")
+    assert manifest["validation"]["passed"]
+    assert [o["name"] for o in manifest["validation"]["outputs"]] == ["logits", "embedding"]
+    # The same names in another order would serve each output under the other's name: refused, saying the order.
+    swapped = {**signature, "outputs": outputs[::-1]}
+    with pytest.raises(ConversionUnsupported, match=r"returns a dict with keys \['logits', 'embedding'\]"):
+        convert(request("heads", source(str(tmp_path / "heads.pt2"), "pytorch", swapped)), tmp_path / "s2")
+
+
+class Recurrent(torch.nn.Module):
+    """An LSTM over a variable-length sequence: torch.export cannot make its length dynamic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm, self.head = torch.nn.LSTM(8, 16, batch_first=True), torch.nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x)
+        return self.head(out[:, -1])
+
+
+def test_an_lstm_gets_a_hint_it_can_follow_and_converts_when_it_does(tmp_path: Path) -> None:
+    signature = {"inputs": [{"name": "x", "dataType": "FP32", "shape": [-1, 8]}],
+                 "outputs": [{"name": "y", "dataType": "FP32", "shape": [3]}]}
+    with pytest.raises(Exception, match="Constraints violated"):  # what the first hint would have led to
+        torch.export.export(Recurrent().eval(), (torch.zeros(2, 5, 8),),
+                            dynamic_shapes={"x": {0: torch.export.Dim("b"), 1: torch.export.Dim("t")}})
+    program = torch.export.export(Recurrent().eval(), (torch.zeros(2, 5, 8),),
+                                  dynamic_shapes={"x": {0: torch.export.Dim("b")}})
+    torch.export.save(program, str(tmp_path / "lstm.pt2"))
+    with pytest.raises(ConversionError) as caught:
+        convert(request("lstm", source(str(tmp_path / "lstm.pt2"), "pytorch", signature)), tmp_path / "s")
+    assert "Save the model traced instead" in caught.value.message, caught.value.message
+    # Followed: traced, its ONNX export keeps the length variable, and every length of the samples passes.
+    torch.jit.save(torch.jit.trace(Recurrent().eval(), torch.zeros(1, 5, 8)), str(tmp_path / "lstm.pt"))
+    manifest = convert(request("lstm", source(str(tmp_path / "lstm.pt"), "torchscript", signature)), tmp_path / "s")
+    assert manifest["validation"]["passed"] and set(manifest["validation"]["lengths"]) == {8, 16, 11, 5}

@@ -65,6 +65,30 @@ def _signature_tensors(signature: ModelSignature | None, what: str) -> tuple[lis
     return tensors(signature.inputs), tensors(signature.outputs)
 
 
+def flat_outputs(result: Any, names: list[str]) -> list[Any]:
+    """A torch model's outputs as the flat list its ONNX export has: a tensor, a tuple or list of them, or a dict
+    (its values in the order it returns them, as the exporter flattens it). A dict whose keys are the signature's
+    output names in another order is refused: the served outputs would carry each other's names."""
+    if isinstance(result, dict):
+        keys = [str(k) for k in result]
+        if set(keys) == set(names) and keys != names:
+            raise ConversionUnsupported(
+                f"the model returns a dict with keys {keys}, and model.signature lists its outputs as {names}: list "
+                "them in the order the model returns them, which is the order they are exported and served in")
+        items: list[Any] = list(result.values())
+    elif isinstance(result, tuple | list):
+        items = list(result)
+    else:
+        items = [result]
+    nested = [type(i).__name__ for i in items if not hasattr(i, "detach")]
+    if nested:
+        raise ConversionUnsupported(
+            f"the model returns {type(result).__name__} holding {', '.join(sorted(set(nested)))} besides tensors: "
+            "return tensors (a tensor, a tuple or list of them, or a dict of them), e.g. with a wrapper module "
+            "whose forward picks them out")
+    return items
+
+
 def _torch_runnable(module: Any, inputs: list[Tensor], outputs: list[Tensor]) -> Runnable:
     import torch
 
@@ -77,8 +101,7 @@ def _torch_runnable(module: Any, inputs: list[Tensor], outputs: list[Tensor]) ->
         args = [torch.from_numpy(np.ascontiguousarray(feed[t.name])) for t in inputs]
         with torch.no_grad():
             result = module(*args)
-        items = list(result) if isinstance(result, tuple | list) else [result]
-        return [r.detach().cpu().numpy() for r in items]
+        return [r.detach().cpu().numpy() for r in flat_outputs(result, [t.name for t in outputs])]
 
     return Runnable(inputs, outputs, run, torch_module=module, kind="torch")
 

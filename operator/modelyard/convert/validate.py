@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from modelyard.api.v1alpha1.conversion import Conversion, Precision
 from modelyard.convert.errors import (
+    ConversionError,
     ConversionUnsupported,
     SourceUnavailable,
     SourceUnreadable,
@@ -224,11 +225,19 @@ def run_all(model: Runnable, feeds: list[Feed], what: str) -> list[list[NDArray[
     for feed in feeds:
         try:
             results.append(model.run(feed))
+        except ConversionError:  # the converter's own refusal of what the model returns: it says what to do
+            raise
         except Exception as exc:
             shapes = {k: list(v.shape) for k, v in feed.items()}
             error = ValidationInconclusive if what == "source" else ValidationFailed
             hint = ""
-            if "Guard failed" in str(exc):
+            if "Guard failed" in str(exc) and _recurrent(model.torch_module):
+                hint = (" (the torch.export program fixed this dimension at export, and torch.export cannot make "
+                        "a recurrent layer's sequence length dynamic (nn.LSTM, nn.GRU, nn.RNN: a torch.export.Dim "
+                        "for it is refused with 'Constraints violated'). Save the model traced instead, "
+                        "torch.jit.trace then torch.jit.save to a .pt, format torchscript: its ONNX export keeps "
+                        "the length variable. Or give samples of the exported length in conversion.samples)")
+            elif "Guard failed" in str(exc):
                 hint = (" (the torch.export program fixed this dimension at export: export it with a "
                         "torch.export.Dim for it, or give samples of that shape in conversion.samples)")
             elif what == "source":
@@ -236,6 +245,14 @@ def run_all(model: Runnable, feeds: list[Feed], what: str) -> list[list[NDArray[
             raise error(f"the {what} model fails on inputs of shapes {shapes}: {type(exc).__name__}: "
                         f"{_gist(str(exc))}{hint}") from exc
     return results
+
+
+def _recurrent(module: Any) -> bool:
+    """Whether a torch.export program computes a recurrent layer (aten.lstm, gru, rnn_tanh, rnn_relu)."""
+    graph = getattr(module, "graph", None)
+    nodes = getattr(graph, "nodes", [])
+    return any(any(op in str(getattr(n, "target", "")) for op in ("aten.lstm", "aten.gru", "aten.rnn_"))
+               for n in nodes)
 
 
 def _gist(message: str, limit: int = 500) -> str:
