@@ -308,3 +308,36 @@ def test_an_lstm_gets_a_hint_it_can_follow_and_converts_when_it_does(tmp_path: P
     torch.jit.save(torch.jit.trace(Recurrent().eval(), torch.zeros(1, 5, 8)), str(tmp_path / "lstm.pt"))
     manifest = convert(request("lstm", source(str(tmp_path / "lstm.pt"), "torchscript", signature)), tmp_path / "s")
     assert manifest["validation"]["passed"] and set(manifest["validation"]["lengths"]) == {8, 16, 11, 5}
+
+
+def test_t5_whose_program_the_onnx_exporter_cannot_translate_is_refused_with_a_hint_that_works(
+        tmp_path: Path) -> None:
+    from transformers import T5Config, T5Model
+
+    class T5(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.t5 = T5Model(T5Config(vocab_size=64, d_model=32, d_ff=64, num_layers=2, num_heads=2, d_kv=16)).eval()
+
+        def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor) -> torch.Tensor:
+            return self.t5(input_ids=input_ids, decoder_input_ids=decoder_input_ids).last_hidden_state
+
+    ids = torch.ones(2, 6, dtype=torch.long)
+    batch, enc, dec = torch.export.Dim("batch"), torch.export.Dim("enc"), torch.export.Dim("dec")
+    torch.export.save(torch.export.export(T5(), (ids, ids), dynamic_shapes={
+        "input_ids": {0: batch, 1: enc}, "decoder_input_ids": {0: batch, 1: dec}}), str(tmp_path / "t5.pt2"))
+    signature = {"inputs": [{"name": "input_ids", "dataType": "INT64", "shape": [-1]},
+                            {"name": "decoder_input_ids", "dataType": "INT64", "shape": [-1]}],
+                 "outputs": [{"name": "hidden", "dataType": "FP32", "shape": [-1, 32]}]}
+    conversion = {"samples": {"intRange": [0, 64]}}
+    with pytest.raises(ConversionFailed) as caught:
+        convert(request("t5", source(str(tmp_path / "t5.pt2"), "pytorch", signature), conversion), tmp_path / "s")
+    message = caught.value.message
+    assert "(step 2 of 3)" in message and "modeling_t5.py" in message and "save it traced" in message, message
+    assert "\x1b" not in message and "Create an issue" not in message
+    # The hint, followed: traced, the TorchScript-based exporter keeps both lengths variable, and the gate passes.
+    torch.jit.save(torch.jit.trace(T5(), (ids, ids)), str(tmp_path / "t5.pt"))
+    manifest = convert(request("t5", source(str(tmp_path / "t5.pt"), "torchscript", signature), conversion),
+                       tmp_path / "s")
+    assert manifest["validation"]["passed"]

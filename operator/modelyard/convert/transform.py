@@ -57,11 +57,14 @@ def export_onnx(
         export_keras(runnable, out, opset)
         return
     if runnable.exported_program is not None and not pruned:
-        torch.onnx.export(
-            runnable.exported_program, _example_args(runnable.inputs, feed), str(out), dynamo=True,
-            input_names=[t.name for t in runnable.inputs], output_names=[t.name for t in runnable.outputs],
-            opset_version=max(opset, 18), verbose=False,
-        )
+        try:
+            torch.onnx.export(
+                runnable.exported_program, _example_args(runnable.inputs, feed), str(out), dynamo=True,
+                input_names=[t.name for t in runnable.inputs], output_names=[t.name for t in runnable.outputs],
+                opset_version=max(opset, 18), verbose=False,
+            )
+        except torch.onnx.errors.OnnxExporterError as exc:  # torch.onnx._internal.exporter's ConversionError too
+            raise ConversionFailed(exporter_failure(str(exc))) from exc
         _inline_external_data(out)
         return
     names_in = [t.name for t in runnable.inputs]
@@ -89,6 +92,23 @@ def export_onnx(
         raise ConversionFailed(
             f"the TorchScript-based ONNX exporter failed: {type(exc).__name__}: {str(exc).splitlines()[0][:400]}. "
             "Export the model with torch.export (a .pt2, format pytorch) for the dynamo exporter") from exc
+
+
+def exporter_failure(text: str) -> str:
+    """What the dynamo exporter's failure says, for the user: the step it failed at, the exception, the line of
+    the model's code; not its instructions to file bugs against torch (nor its terminal colours)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    step = re.search(r"^(.*?)\. This is step (\d)/3", text, re.M)
+    summary = re.search(r"## Exception summary\s+(.+?)(?:\n\n|$)", text, re.S)
+    cause = (summary.group(1) if summary else text.splitlines()[0] if text else "").strip().replace("\n", " ")
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s+(.+)', text)
+    where = f" at {frames[-1][0].rsplit('/', 1)[-1]}:{frames[-1][1]} ({frames[-1][3].strip()[:120]})" if frames else ""
+    what = f"{step.group(1)} (step {step.group(2)} of 3)" if step else "torch's ONNX exporter failed"
+    return (f"{what}: {cause[:500]}{where}. The torch.export program is valid; torch's ONNX exporter cannot "
+            "translate it with these dynamic shapes. Export it with fewer dynamic dimensions (the batch only), or "
+            "save it traced (torch.jit.trace, format torchscript) for the TorchScript-based exporter")
 
 
 def export_saved_model(saved_model: Path, out: Path, opset: int) -> None:
