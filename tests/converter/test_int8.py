@@ -131,3 +131,40 @@ def test_the_fallback_never_publishes_int8_below_the_int8_weight_share(tmp_path:
     assert MIN_QUANTIZED_SHARE == 0.5
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir()), "an int8 was published"
     print(err.value.message)
+
+
+def test_the_size_ratio_counts_each_weight_once_and_unused_ones_not_at_all(tmp_path: Path) -> None:
+    """An fp32 model as exporters write some: a tied weight stored twice, and a weight nothing reads (the
+    quantizer's preprocessing drops it). Against the file's bytes the int8 artifact looked 0.17x the size; its
+    weights are 0.25x the model's, each distinct weight counted once: what int8 really saves."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from modelyard.convert.quantize import weight_bytes
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 256)).astype(np.float32)
+    unused = rng.standard_normal((256, 256)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="first"), helper.make_node("Relu", ["h"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["y"], name="tied")], "tied",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 256])],
+        [numpy_helper.from_array(w, "w1"), numpy_helper.from_array(w.copy(), "w2"),
+         numpy_helper.from_array(unused, "unused")])
+    path = tmp_path / "tied.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert weight_bytes(path) == w.nbytes
+
+    conversion = Conversion.model_validate({"precision": "int8", "int8Mode": "dynamic",
+                                            "tolerance": {"atol": 100.0, "rtol": 1.0}})  # about size only
+    manifest = convert(Request("tied", ModelSource.model_validate(source(str(path), "onnx", None)), conversion,
+                               CPU), tmp_path / "store")
+    int8 = manifest["int8"]
+    artifact = Path(manifest["repository"]) / "tied" / "1" / "model.onnx"
+    assert artifact.exists(), artifact
+    assert path.stat().st_size > 2.9 * w.nbytes  # the file: the weight twice, and the unused one
+    assert artifact.stat().st_size / path.stat().st_size < 0.2  # what the file sizes said
+    assert 0.25 <= int8["sizeRatio"] <= 0.27, int8  # int8 is a quarter of fp32, with its scales and zero points
+    assert int8["attempts"][-1]["bytes"] == weight_bytes(artifact)

@@ -35,6 +35,7 @@ class Attempt:
     kept_float: list[str]
     passed: bool
     bytes: int
+    """The candidate's weight bytes (weight_bytes)."""
     summary: str
     top1: float | None = None
     weight_bits: int = 8
@@ -53,7 +54,7 @@ class Int8Result:
     weight_share: float
     """The share of the weight bytes stored as int8."""
     size_ratio: float
-    """Artifact bytes over the fp32 model's bytes."""
+    """The artifact's weight bytes over the fp32 model's (weight_bytes: each distinct weight once)."""
     attempts: list[Attempt] = field(default_factory=list)
     stopped: str | None = None
     """Why the fallback stopped before its attempts ran out (the int8 share floor), if it did."""
@@ -102,6 +103,46 @@ def _nbytes(tensor: Any) -> int:
     return int(numpy_helper.to_array(tensor).nbytes)
 
 
+def _all_nodes(graph: Any) -> Iterator[Any]:
+    """The graph's nodes and those of its subgraphs (If, Loop, Scan bodies)."""
+    from onnx import AttributeProto
+
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from _all_nodes(sub)
+
+
+def weight_bytes(path: Path) -> int:
+    """The bytes of the weights a model holds: the initializers something reads and the Constant nodes' tensors,
+    each distinct content once. Not the file's size: an exporter may write a tied weight twice or keep initializers
+    nothing reads (the quantizer's preprocessing drops them), which made an int8 artifact look 5x smaller than it
+    is; and weights in external data are not in the .onnx file at all."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))  # with its external data
+    nodes = list(_all_nodes(model.graph))
+    read = {name for node in nodes for name in node.input} | {o.name for o in model.graph.output}
+    tensors = [t for t in model.graph.initializer if t.name in read]
+    tensors += [a.t for node in nodes if node.op_type == "Constant" for a in node.attribute if a.name == "value"]
+    seen: set[tuple[str, tuple[int, ...], bytes]] = set()
+    total = 0
+    for tensor in tensors:
+        array = numpy_helper.to_array(tensor)
+        key = (array.dtype.str, tuple(array.shape), hashlib.sha256(array.tobytes()).digest())
+        if key not in seen:
+            seen.add(key)
+            total += int(array.nbytes)
+    return total
+
+
 def weighted_nodes(path: Path) -> dict[str, int]:
     """Nodes that read a float weight directly, with the bytes of those weights."""
     import onnx
@@ -119,7 +160,10 @@ def weighted_nodes(path: Path) -> dict[str, int]:
 
 
 def quantize(source: Path, out: Path, mode: Int8Mode, method: Calibration, calibration: list[Feed],
-             exclude: list[str], reduce_range: bool = False) -> None:
+             exclude: list[str], reduce_range: bool = False, ranges: Path | None = None) -> None:
+    """Quantize `source` with `exclude` kept in float. `ranges` (static): a file of the activations' calibrated
+    ranges, written by the first call and read by the next ones. Calibration runs the float model over every
+    calibration sample and does not depend on what is excluded: computed once, not once per fallback probe."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     if mode == Int8Mode.DYNAMIC:
@@ -133,7 +177,8 @@ def quantize(source: Path, out: Path, mode: Int8Mode, method: Calibration, calib
                Calibration.ENTROPY: CalibrationMethod.Entropy}
     quantize_static(str(source), str(out), _Reader(calibration), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
-                    calibrate_method=methods[method], nodes_to_exclude=exclude or None)
+                    calibrate_method=methods[method], nodes_to_exclude=exclude or None,
+                    calibration_cache_path=ranges)
 
 
 GEMM_AS_MATMUL = "_MatMul"
@@ -145,16 +190,19 @@ def _as_before(name: str, before: dict[str, int]) -> str:
     return base if base != name and base in before else name
 
 
-MAX_MEASURED = 48
-"""At most this many nodes are measured one by one (the rest ranked by their weights' int8 error alone)."""
+MAX_MEASURED = 24
+"""At most this many nodes are measured one by one (the rest ranked by their weights' int8 error alone): the
+bound on the fallback's work, each probe costing about one int8 quantization (on DenseNet-121, 121 weighted nodes,
+the worst case went from 50x one plain int8 quantization, 5 minutes on 2 cores, to 20x: bench/convert.py)."""
 
 
-def sensitivity(prepared: Path, mode: Int8Mode, method: Calibration, calibration: list[Feed],
-                work: Path) -> list[tuple[str, float | None]]:
+def sensitivity(prepared: Path, mode: Int8Mode, method: Calibration, calibration: list[Feed], work: Path,
+                ranges: Path | None = None, order: list[str] | None = None) -> list[tuple[str, float | None]]:
     """Weight-bearing nodes ranked by how much better the model does with that node alone kept in fp32: the
     output error against the float model, on the calibration samples (never the validation ones). Measured, not
     estimated: the first convolution that sees the raw input, the classic sensitive layer, ranks by what its
-    quantization really costs. Each comes with its measured error (None past MAX_MEASURED)."""
+    quantization really costs. Each comes with its measured error (None past MAX_MEASURED). `order`: the
+    weighted nodes in graph order (weighted_nodes), whose first and last are always measured."""
     from modelyard.convert.models import onnx_runnable
 
     feeds = calibration[:4]
@@ -163,11 +211,16 @@ def sensitivity(prepared: Path, mode: Int8Mode, method: Calibration, calibration
     spreads = [float(np.concatenate([r[i].ravel() for r in reference]).astype(np.float64).std()) or 1.0
                for i in range(len(reference[0]))] if reference else []
     by_weight = weight_sensitivity(prepared)
-    measured, rest = by_weight[:MAX_MEASURED], by_weight[MAX_MEASURED:]
+    # The first weighted node (it sees the raw input) and the last (the head) are measured whatever their weights
+    # say: the layers most often sensitive to int8 activations.
+    order = list(weighted_nodes(prepared)) if order is None else order
+    ends = [n for n in dict.fromkeys(order[:1] + order[-1:]) if n in by_weight]
+    ranked = ends + [n for n in by_weight if n not in ends]
+    measured, rest = ranked[:MAX_MEASURED], ranked[MAX_MEASURED:]
     probe = work / "probe.onnx"
     scores: list[tuple[float, str]] = []
     for node in measured:
-        quantize(prepared, probe, mode, method, calibration, [node])
+        quantize(prepared, probe, mode, method, calibration, [node], ranges=ranges)
         model = onnx_runnable(probe, True)
         err = 0.0
         for feed, want in zip(feeds, reference, strict=True):
@@ -208,9 +261,9 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
     # Beside the staging repository (<scratch>/repository/<model>/1/model.onnx): the conversion's own disk.
     with tempfile.TemporaryDirectory(dir=path.parents[3]) as tmp:
         work = Path(tmp)
-        prepared, candidate = work / "float.onnx", work / "int8.onnx"
+        prepared, candidate, ranges = work / "float.onnx", work / "int8.onnx", work / "ranges.json"
         quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
-        fp32_bytes = path.stat().st_size
+        fp32_bytes = weight_bytes(path) or 1
         before = weighted_nodes(prepared)
         total = sum(before.values()) or 1
         ranking: list[tuple[str, float | None]] | None = None
@@ -226,12 +279,12 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
             reduce = attempt == 1 and bool(seven_bit)
             if attempt and not reduce:
                 if ranking is None:
-                    ranking = sensitivity(prepared, mode, method, calibration, work)
+                    ranking = sensitivity(prepared, mode, method, calibration, work, ranges, list(before))
                 wanted = [name for name, _ in ranking[:2 ** (attempt - 1 - seven_bit)]]
                 if not wanted or wanted == kept:
                     break  # nothing more to keep in fp32
                 kept = wanted
-            quantize(prepared, candidate, mode, method, calibration, kept, reduce_range=reduce)
+            quantize(prepared, candidate, mode, method, calibration, kept, reduce_range=reduce, ranges=ranges)
             left = {_as_before(n, before): size for n, size in weighted_nodes(candidate).items()}
             float_bytes = sum(left.values())
             share = 1 - float_bytes / total
@@ -248,10 +301,11 @@ def to_int8(path: Path, conversion: Conversion, calibration: list[Feed],
                 break
             passed, summary, top1 = check(candidate)
             bits = 7 if reduce else 8
-            attempts.append(Attempt(list(kept), passed, candidate.stat().st_size, summary, top1, bits))
+            size = weight_bytes(candidate)
+            attempts.append(Attempt(list(kept), passed, size, summary, top1, bits))
             result = Int8Result(str(mode), str(method) if mode == Int8Mode.STATIC else None,
                                 sorted(n for n in before if n not in left), sorted(set(left) | set(kept)), share,
-                                candidate.stat().st_size / fp32_bytes, attempts, sensitivity=ranking or [],
+                                size / fp32_bytes, attempts, sensitivity=ranking or [],
                                 weight_bits=bits)
             if passed:
                 break
