@@ -121,6 +121,9 @@ class Triton:
     vllm: bool = False
     """Serve the vllm backend (its stand-in, with the engine venv's packages)."""
 
+    args: list[str] = field(default_factory=list)
+    """More tritonserver arguments (--exit-timeout-secs=...)."""
+
     def start(self, timeout: float = 120) -> Triton:
         home = triton_home()
         backends, triton_env = prepare_backends(self.workdir / "backends")
@@ -133,7 +136,7 @@ class Triton:
             [str(home / "bin" / "tritonserver"), f"--model-repository={self.repository}",
              f"--backend-directory={backends}", "--http-address=127.0.0.1", f"--http-port={self.http_port}",
              "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}", "--metrics-address=127.0.0.1",
-             f"--metrics-port={self.metrics_port}", "--exit-on-error=true", "--strict-readiness=true"],
+             f"--metrics-port={self.metrics_port}", "--exit-on-error=true", "--strict-readiness=true", *self.args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + timeout

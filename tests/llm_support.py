@@ -31,6 +31,10 @@ def in_process(checkpoint: Path, prompts: list[str], max_tokens: int = 16) -> di
     return result
 
 
+class StreamError(RuntimeError):
+    """A generate_stream event without text_output: an error the server sent in the stream."""
+
+
 def generate(base_url: str, model: str, prompt: str, stream: bool = False, host: str | None = None,
              on_first: Callable[[], None] | None = None, **params: Any) -> tuple[list[str], list[float]]:
     """Triton's generate (or generate_stream) endpoint, greedy: each response's text_output, and when each
@@ -45,7 +49,10 @@ def generate(base_url: str, model: str, prompt: str, stream: bool = False, host:
             return [json.loads(response.read())["text_output"]], [time.monotonic()]
         for line in response:
             if line.startswith(b"data: "):
-                texts.append(json.loads(line[6:])["text_output"])
+                event = json.loads(line[6:])
+                if "text_output" not in event:  # Triton's error event: {"error": "..."}
+                    raise StreamError(f"event {len(texts) + 1} of the stream: {json.dumps(event)[:500]}")
+                texts.append(event["text_output"])
                 times.append(time.monotonic())
                 if on_first is not None and len(texts) == 1:
                     on_first()

@@ -203,12 +203,18 @@ class ContainerRunner:
                 os.killpg(self.proc.pid, sig)
 
     def kill(self, grace: float, reason: str = "") -> None:
-        """SIGTERM now, SIGKILL once `grace` seconds have passed (see tick)."""
+        """SIGTERM now, SIGKILL once `grace` seconds have passed (see tick).
+
+        SIGTERM goes to the container's main process only, as a container runtime sends the stop signal to PID 1:
+        the main process stops its children in its own order (Triton finishes the streams in flight, then
+        unloads the vLLM backend, which stops the engine's processes). SIGKILL at the deadline takes the group."""
         if self.proc is None or self.kill_deadline is not None:
             return
         self.kill_reason = reason
         self.ready = False
-        self._signal(signal.SIGTERM)
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
         self.kill_deadline = time.time() + grace
 
     def stop(self, grace: float) -> None:

@@ -6,8 +6,9 @@
                                           --delay-ms D: /who answers after D ms
     exit CODE [MESSAGE]                   write MESSAGE to /dev/termination-log (or $TERMINATION_PATH), exit CODE
     sleep [--ignore-term]                 sleep until SIGTERM (or only SIGKILL, with --ignore-term)
-    orphan                                start a child that ignores SIGTERM and print its pid, then sleep
-                                          until SIGTERM: the child outlives its parent unless it is reaped
+    orphan                                start a child that ignores SIGTERM (saying it got one) and print its
+                                          pid, then sleep until SIGTERM: the child outlives its parent unless it
+                                          is reaped
     write PATH TEXT                       write TEXT to PATH, then sleep until SIGTERM
     put PATH TEXT                         write TEXT to PATH and exit 0 (an init container's work)
 """
@@ -70,8 +71,8 @@ def main(argv: list[str]) -> int:
         return 0
     elif cmd == "orphan":
         child = os.fork()
-        if child == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if child == 0:  # it says when it gets SIGTERM, and lives on
+            signal.signal(signal.SIGTERM, lambda *_: print("testbox: child got SIGTERM", flush=True))
             while True:
                 time.sleep(3600)
         print(f"testbox: child {child}", flush=True)

@@ -116,6 +116,8 @@ class TritonPythonModel:
         import multiprocessing
 
         multiprocessing.set_executable(os.environ.get("MODELYARD_VLLM_PYTHON", sys.executable))
+        self.ongoing = 0  # requests handed to the engine whose final response is not sent yet
+        self.ongoing_lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="vllm-loop", daemon=True)
         self.thread.start()
@@ -129,6 +131,8 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
+            with self.ongoing_lock:
+                self.ongoing += 1
             asyncio.run_coroutine_threadsafe(self._generate(request), self.loop)
         return None
 
@@ -184,8 +188,18 @@ class TritonPythonModel:
             self.metrics.e2e.observe(time.monotonic() - arrived)
             if ok:
                 self.metrics.success.increment(1)
+            with self.ongoing_lock:
+                self.ongoing -= 1
 
     def finalize(self) -> None:
+        # As the backend does: the generations in flight finish before the engine stops (Triton's
+        # --exit-timeout-secs, and the pod's grace period, bound the wait).
+        said = 0.0
+        while getattr(self, "ongoing", 0) > 0:
+            if time.monotonic() - said >= 5:
+                self.logger.log_info(f"[vllm local] awaiting {self.ongoing} requests in flight")
+                said = time.monotonic()
+            time.sleep(0.1)
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.shutdown()

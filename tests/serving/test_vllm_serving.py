@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import sys
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +29,11 @@ from samplemodels import tiny_llama
 from tritonlocal import Triton
 
 pytestmark = [pytest.mark.triton, pytest.mark.vllm, pytest.mark.filterwarnings("ignore")]
+
+
+DRAIN_TOKENS = {"http": 200, "grpc": 450}
+"""Seconds of generation each: all six streams are running in the engine when SIGTERM comes, and the gRPC ones
+outlast the HTTP connections Triton waits for first."""
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +76,11 @@ def test_streaming_delivers_the_first_piece_before_the_last(served: tuple[Triton
     assert times[0] < times[-1]
 
 
-def test_the_backends_inputs_over_grpc_streaming(served: tuple[Triton, Path]) -> None:
-    """text_input, stream, sampling_parameters (numbers as strings, as clients send them), exclude_input_in_output."""
-    triton, _ = served
+def grpc_stream(port: int, prompt: str, max_tokens: int, **sampling: Any) -> list[str]:
+    """The backend's inputs over gRPC streaming: text_input, stream, sampling_parameters (numbers as strings, as
+    clients send them), exclude_input_in_output; the pieces of text_output until the final response."""
     results: queue.Queue[Any] = queue.Queue()
-    client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton.grpc_port}")
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
     client.start_stream(callback=lambda result, error: results.put(error or result))
 
     def tensor(name: str, value: Any, dtype: str) -> grpcclient.InferInput:
@@ -80,21 +88,80 @@ def test_the_backends_inputs_over_grpc_streaming(served: tuple[Triton, Path]) ->
         t.set_data_from_numpy(np.array([value], dtype=np.object_ if dtype == "BYTES" else bool))
         return t
 
-    inputs = [tensor("text_input", PROMPTS[1].encode(), "BYTES"), tensor("stream", True, "BOOL"),
-              tensor("sampling_parameters", json.dumps({"temperature": "0", "max_tokens": "5"}).encode(), "BYTES"),
+    params = {"temperature": "0", "max_tokens": str(max_tokens), **{k: str(v) for k, v in sampling.items()}}
+    inputs = [tensor("text_input", prompt.encode(), "BYTES"), tensor("stream", True, "BOOL"),
+              tensor("sampling_parameters", json.dumps(params).encode(), "BYTES"),
               tensor("exclude_input_in_output", True, "BOOL")]
     client.async_stream_infer("tiny", inputs, enable_empty_final_response=True)
     pieces = []
-    while True:
-        result = results.get(timeout=120)
-        assert not isinstance(result, Exception), result
-        output = result.as_numpy("text_output")
-        if output is not None:
-            pieces.append(output[0].decode())
-        if result.get_response().parameters["triton_final_response"].bool_param:
-            break
-    client.stop_stream()
+    try:
+        while True:
+            result = results.get(timeout=120)
+            assert not isinstance(result, Exception), result
+            output = result.as_numpy("text_output")
+            if output is not None:
+                pieces.append(output[0].decode())
+            if result.get_response().parameters["triton_final_response"].bool_param:
+                return pieces
+    finally:
+        client.stop_stream()
+
+
+def test_the_backends_inputs_over_grpc_streaming(served: tuple[Triton, Path]) -> None:
+    triton, _ = served
+    pieces = grpc_stream(triton.grpc_port, PROMPTS[1], max_tokens=5)
     assert "".join(pieces) == generate(triton, PROMPTS[1], exclude_input_in_output=True, max_tokens=5)[0][0]
+
+
+def test_streams_in_flight_when_triton_is_stopped_run_to_their_end(served: tuple[Triton, Path],
+                                                                  tmp_path: Path) -> None:
+    """A pod that is stopped (scaled in, a replaced or rolled-back revision) gets SIGTERM with generations in
+    flight: Triton takes no new request, waits for those it holds (--exit-timeout-secs bounds it; the stand-in's
+    finalize waits for them as the backend's does), then unloads the engine and exits 0. Every stream, HTTP and
+    gRPC, ends whole: the text it gets when nothing stops."""
+    triton, _ = served
+    want = {f"{kind} {p}": generate(triton, p, exclude_input_in_output=True, max_tokens=n, ignore_eos=True)[0][0]
+            for p in PROMPTS for kind, n in DRAIN_TOKENS.items()}
+    stopping = Triton(triton.repository, tmp_path, vllm=True, args=["--exit-timeout-secs=120"])
+    stopping.start(timeout=600)
+    assert stopping.proc is not None
+    got: dict[str, str] = {}
+    errors: list[str] = []
+
+    def http(prompt: str) -> None:
+        try:
+            pieces, _ = llm_support.generate(f"http://127.0.0.1:{stopping.http_port}", "tiny", prompt, True,
+                                             max_tokens=DRAIN_TOKENS["http"], ignore_eos=True)
+            got[f"http {prompt}"] = "".join(pieces)
+        except Exception as exc:
+            errors.append(f"http {prompt!r}: {type(exc).__name__}: {exc}")
+
+    def grpc(prompt: str) -> None:
+        try:
+            pieces = grpc_stream(stopping.grpc_port, prompt, DRAIN_TOKENS["grpc"], ignore_eos=True)
+            got[f"grpc {prompt}"] = "".join(pieces)
+        except Exception as exc:
+            errors.append(f"grpc {prompt!r}: {type(exc).__name__}: {exc}")
+
+    try:
+        threads = [threading.Thread(target=f, args=(p,)) for p in PROMPTS for f in (http, grpc)]
+        for t in threads:
+            t.start()
+        metrics = f"http://127.0.0.1:{stopping.metrics_port}/metrics"
+        deadline = time.monotonic() + 60
+        while llm_support.running(metrics, "tiny") < len(threads) and time.monotonic() < deadline and not got:
+            time.sleep(0.05)
+        in_flight = llm_support.running(metrics, "tiny")
+        stopping.proc.send_signal(signal.SIGTERM)
+        assert not got and in_flight == len(threads), f"{in_flight} running, {sorted(got)} done before SIGTERM"
+        for t in threads:
+            t.join(timeout=300)
+        code = stopping.proc.wait(timeout=300)
+        assert not errors, (errors, stopping.log_tail(6000))
+        assert got == want
+        assert code == 0, stopping.log_tail(6000)
+    finally:
+        stopping.stop()
 
 
 def test_the_backends_metrics_are_on_tritons_port(served: tuple[Triton, Path]) -> None:

@@ -125,3 +125,23 @@ def test_engine_args_write_every_setting_and_never_trust_remote_code() -> None:
         "pipeline_parallel_size": 2, "disable_log_stats": False, "max_model_len": 4096, "quantization": "awq",
     }
 
+
+
+def _resnet() -> dict:
+    return yaml.safe_load((ROOT / "examples" / "resnet-gpu.yaml").read_text())
+
+
+@pytest.mark.parametrize(("manifest", "grace", "want"), [
+    (_tp4, None, (300, "--exit-timeout-secs=295")),  # an LLM: streams in flight get minutes to finish
+    (_tp4, 900, (900, "--exit-timeout-secs=895")),
+    (_resnet, None, (None, None)),  # a tensor model: Kubernetes' 30 s and Triton's own exit timeout, as before
+    (_resnet, 60, (60, "--exit-timeout-secs=55")),
+])
+def test_a_stopped_pod_has_the_time_to_finish_what_it_holds(manifest, grace: int | None, want: tuple) -> None:
+    body = manifest()
+    if grace is not None:
+        body["spec"]["serving"]["terminationGracePeriodSeconds"] = grace
+    deployment = next(o for o in render_manifest(body) if o["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    exit_timeout = [a for a in pod["containers"][0]["args"] if a.startswith("--exit-timeout-secs=")]
+    assert (pod.get("terminationGracePeriodSeconds"), exit_timeout[0] if exit_timeout else None) == want

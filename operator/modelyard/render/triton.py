@@ -21,7 +21,7 @@ from modelyard.api.names import (
     service_name,
 )
 from modelyard.api.v1alpha1 import ModelDeployment, ModelFormat
-from modelyard.api.v1alpha1.llm import Runtime
+from modelyard.api.v1alpha1.llm import LLM_TERMINATION_GRACE_SECONDS, Runtime
 from modelyard.api.v1alpha1.types import DEFAULT_TRITON_IMAGE, DEFAULT_VLLM_IMAGE
 
 MODEL_MOUNT = "/models"
@@ -165,6 +165,18 @@ def shm_size(md: ModelDeployment) -> str:
     return "1Gi"
 
 
+EXIT_MARGIN_SECONDS = 5
+"""Between Triton's --exit-timeout-secs and the pod's grace period: for unloading the model after the wait."""
+
+
+def termination_grace(md: ModelDeployment) -> int | None:
+    """The pod's terminationGracePeriodSeconds: the spec's; for an LLM, long enough for streams in flight; for a
+    tensor model, None (Kubernetes' 30 s, Triton's own 30 s exit timeout)."""
+    if md.spec.serving.termination_grace_period_seconds is not None:
+        return md.spec.serving.termination_grace_period_seconds
+    return LLM_TERMINATION_GRACE_SECONDS if is_llm(md) else None
+
+
 def restricted_security(uid: int, read_only_root: bool = False) -> dict[str, Any]:
     """A container's securityContext that passes Pod Security "restricted", as user and group `uid`."""
     return {
@@ -256,6 +268,9 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    grace = termination_grace(md)
+    if grace is not None:  # Triton exits on its own, having finished what it could, before the pod is killed
+        container["args"].append(f"--exit-timeout-secs={grace - EXIT_MARGIN_SECONDS}")
     resources = _resources(md)
     if resources:
         container["resources"] = resources
@@ -279,6 +294,8 @@ def render_triton_deployment(md: ModelDeployment, revision: str, converted: str 
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if grace is not None:
+        pod_spec["terminationGracePeriodSeconds"] = grace
     if llm and md.spec.conversion is not None:
         if not weights_image or not converted:
             raise UnservableSource("the converter image that verifies the staged weights is not known")

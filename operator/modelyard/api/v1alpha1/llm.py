@@ -43,6 +43,8 @@ class LLMQuantization(StrEnum):
 
 
 DEFAULT_MAX_NUM_SEQS = 256
+LLM_TERMINATION_GRACE_SECONDS = 300
+"""serving.terminationGracePeriodSeconds unset, for runtime vllm: streams in flight get this long to finish."""
 DEFAULT_GPU_MEMORY_UTILIZATION = 0.9
 
 

@@ -23,7 +23,7 @@ from modelyard.api.v1alpha1.common import (
     cel,
 )
 from modelyard.api.v1alpha1.conversion import Conversion
-from modelyard.api.v1alpha1.llm import Runtime, VLLMEngine
+from modelyard.api.v1alpha1.llm import LLM_TERMINATION_GRACE_SECONDS, Runtime, VLLMEngine
 from modelyard.api.v1alpha1.rollout import Rollout, RolloutStatus, Traffic
 from modelyard.api.v1alpha1.scaling import Scaling, ScalingStatus
 
@@ -283,6 +283,14 @@ class Serving(Spec):
         default=None, ge=1, le=1000,
         description="Triton pods for the serving revision; 1 when unset. Leave it unset with spec.scaling: the "
         "autoscaler sets the count.")
+    termination_grace_period_seconds: int | None = Field(
+        default=None, ge=5, le=3600,
+        description="How long a Triton pod that is stopped (scaled in, a replaced or rolled-back revision) has to "
+        "finish the requests it holds, streamed generations included: Triton takes no new request and waits for "
+        "those in flight up to this less 5 seconds (--exit-timeout-secs), then exits; the pod is killed at this. "
+        f"Unset: {LLM_TERMINATION_GRACE_SECONDS} with runtime vllm (a long generation streams for minutes), "
+        "otherwise Kubernetes' 30.",
+    )
     max_batch_size: int = Field(
         default=8,
         ge=0,
