@@ -69,6 +69,12 @@ def vllm_env(base: dict[str, str], workdir: Path) -> dict[str, str]:
     small venv of the system's Python in `workdir` whose one .pth line adds the engine venv's packages, and the
     engine's processes (multiprocessing spawn, which hands the children the parent's sys.path) run that same
     interpreter.
+
+    The engine also runs plain subprocesses of that interpreter (vLLM inspects a model's class in one), which do
+    read PYTHONPATH: the test interpreter's path there (its standard library and the project's venv) would put a
+    standard library of another build before the engine's packages (`import ssl` fails in it), so PYTHONPATH and
+    PYTHONHOME are not passed on. vLLM's cache (its model-inspection results) is kept in `workdir`: one left in
+    the developer's home would skip that subprocess and hide such a failure until a fresh machine.
     """
     venv = vllm_venv()
     shim = workdir / "vllm-stub-env"
@@ -82,7 +88,8 @@ def vllm_env(base: dict[str, str], workdir: Path) -> dict[str, str]:
     # numpy 1.26 first: the stub's pybind11 misreads BYTES tensors with numpy 2 (hack/vllm-cpu/build.sh).
     packages = [venv / "stub-numpy", *(venv / "lib").glob("python3*/site-packages")]
     (site / "vllm-venv.pth").write_text("".join(f"{p}\n" for p in packages))
-    return {**base, "PATH": f"{shim / 'bin'}:/usr/bin:/bin",
+    base = {k: v for k, v in base.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    return {**base, "PATH": f"{shim / 'bin'}:/usr/bin:/bin", "VLLM_CACHE_ROOT": str(workdir / "vllm-cache"),
             "MODELYARD_VLLM_PYTHON": str(shim / "bin" / "python3"), "VLLM_CPU_KVCACHE_SPACE": "1",
             "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
             "TOKENIZERS_PARALLELISM": "false", "LC_ALL": "C.UTF-8"}

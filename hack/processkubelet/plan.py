@@ -244,13 +244,13 @@ def plan_container(pod: Obj, container: Obj, ctx: PodContext, images: Mapping[st
         raise PlanError("ErrImagePull", f"image {container.get('image')!r} has no local program: the process "
                         "kubelet runs only the images in its table (hack/processkubelet/images.py)")
     base = {"PATH": runtime.base_path, "HOSTNAME": pod["metadata"]["name"]}
-    if image.kind in TRITON_KINDS:
-        base.update(runtime.triton_env)
     if image.kind == "triton-vllm":
         if runtime.vllm_env is None:
             raise PlanError("RunContainerError", f"container {name}: image {container.get('image')} runs Triton's "
                             f"vLLM backend, whose local engine is not installed: {runtime.vllm_missing}")
-        base.update(runtime.vllm_env)
+        base.update(runtime.vllm_env)  # triton_env made for the engine: without its PYTHONPATH (tritonlocal.vllm_env)
+    elif image.kind in TRITON_KINDS:
+        base.update(runtime.triton_env)
     env = container_env(pod, container, ctx, base)
     command = [expand(c, env) for c in container.get("command", [])] or list(image.entrypoint)
     args = [expand(a, env) for a in container.get("args", [])]
