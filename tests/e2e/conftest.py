@@ -70,7 +70,9 @@ class OperatorProcess:
         with open(self.log, "rb") as f:
             f.seek(before)
             stacks = f.read().decode(errors="replace")
-        return f"{gauges}\nthreads:\n{stacks[-6000:]}"
+        # The dump comes first, whole: the log lines written after it would push its first threads (the
+        # informers') out of a tail, as they did when two workers' deep stacks made the dump long.
+        return f"{gauges}\nthreads:\n{stacks[:60000]}"
 
     def assert_running(self) -> None:
         assert self.proc.poll() is None, f"the operator exited with {self.proc.returncode}:\n{self.log_tail()}"
