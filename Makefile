@@ -86,7 +86,7 @@ test-e2e: venv control-plane prometheus gateway keda gitops helm vllm ## E2E: th
 
 .PHONY: test
 test: lint control-plane prometheus gateway keda gitops helm vllm ## Everything: lint, then unit, process-kubelet, integration and e2e tests
-	$(PYTEST) tests
+	$(PYTEST) --durations=25 tests
 
 .PHONY: golden
 golden: venv ## Rewrite the golden files from the renderers (review the diff)
